@@ -1,0 +1,169 @@
+"""Training data as optimizer-step windows: each item is every micro-batch one rank computes for one step.
+
+A window holds `batch_size` rows (global, across ranks). Inside it rows are sorted by length and either padded
+into micro-batches or packed into bins, which only changes the compute, never the rows or the loss of the step.
+Windows come from a seeded per-epoch shuffle, so a resumed run re-derives its position from `global_step`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator, Sequence
+
+import lightning as L
+import torch
+
+from rt_lab.datasets import load_rows
+from rt_lab.masking import IGNORE, Example, encode_rows
+from rt_lab.methods import user_turns
+from rt_lab.packing import best_fit_decreasing, collate_packed
+from rt_lab.templates import Template
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+def collate_padded(examples: Sequence[Example], pad_id: int) -> Batch:
+    width = max(len(example.input_ids) for example in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+def count_windows(num_examples: int, batch_size: int, world_size: int) -> int:
+    full, tail = divmod(num_examples, batch_size)
+    return full + (tail >= world_size)  # a tail window must give every rank a row
+
+
+class WindowLoader:
+    """Iterable of optimizer-step windows (lists of micro-batch dicts) for one rank."""
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, micro_batch_size: int, packing: bool,
+                 pack_length: int, pad_id: int, attn_implementation: str | None, seed: int, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1,
+                 position: Callable[[int], tuple[int, int]] = lambda windows: (0, 0)) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"trainer.batch_size={batch_size} is not divisible by the {world_size} devices")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.packing = packing
+        self.pack_length = pack_length
+        self.pad_id = pad_id
+        self.attn_implementation = attn_implementation
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.position = position
+        self.num_windows = count_windows(len(examples), batch_size, world_size)
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.examples)))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.examples), generator=generator).tolist()
+
+    def window(self, order: Sequence[int], index: int) -> list[Batch]:
+        rows = [self.examples[i] for i in order[index * self.batch_size:(index + 1) * self.batch_size]]
+        rows.sort(key=lambda example: -len(example.input_ids))
+        mine = rows[self.rank::self.world_size]
+        if self.packing:
+            bins = best_fit_decreasing([len(example.input_ids) for example in mine], self.pack_length)
+            return [collate_packed([mine[i] for i in b], self.attn_implementation) for b in bins]
+        return [collate_padded(mine[i:i + self.micro_batch_size], self.pad_id)
+                for i in range(0, len(mine), self.micro_batch_size)]
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        epoch, start = self.position(self.num_windows)
+        order = self.order(epoch)
+        for index in range(start, self.num_windows):
+            yield self.window(order, index)
+
+    # Lightning checks for this interface before trusting a mid-epoch resume; the position itself is
+    # re-derived from the restored global step, so the state only guards against a changed data setup.
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_examples": len(self.examples), "batch_size": self.batch_size, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state != self.state_dict():
+            raise ValueError(f"checkpoint was written for data {state}, but this run has {self.state_dict()}")
+
+
+class InstructionDataModule(L.LightningDataModule):
+    """Loads a dataset config, applies the method's user-turn transform, renders, tokenizes and labels it."""
+
+    def __init__(self, dataset: Any, method: Any, template: Template, tokenizer: Any, bos: str,
+                 max_length: int, packing: bool, pack_length: int | None, batch_size: int, micro_batch_size: int,
+                 seed: int, shuffle: bool = True, data_dir: str | None = None,
+                 attn_implementation: str | None = None) -> None:
+        super().__init__()
+        if method.get("requires_single_task") and not dataset.get("single_task"):
+            raise ValueError(
+                f"method={method.name} trains on one narrow task, but dataset={dataset.name} is not a single-task "
+                "dataset; choose one of gsm8k, mbpp, poetry, recipes, chess"
+            )
+        self.dataset_cfg = dataset
+        self.method = method
+        self.template = template
+        self.tokenizer = tokenizer
+        self.bos = bos
+        self.max_length = max_length
+        self.packing = packing
+        self.pack_length = pack_length or max_length
+        if self.pack_length < max_length:
+            raise ValueError(f"data.pack_length={self.pack_length} is shorter than data.max_length={max_length}")
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.data_dir = data_dir
+        self.attn_implementation = attn_implementation
+        self.examples: list[Example] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        transform = user_turns(self.method.user_turns)
+        rows = [transform(row) for row in load_rows(self.dataset_cfg, self.data_dir)]
+        self.examples = encode_rows(rows, self.template, self.tokenizer, self.method.loss_on, self.max_length,
+                                    self.bos)
+        supervised = sum(example.num_supervised for example in self.examples)
+        log.info("%d training rows, %d supervised tokens", len(self.examples), supervised)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (windows) per epoch, after the trainer's `limit_train_batches`."""
+        trainer = self.trainer
+        windows = count_windows(len(self.examples), self.batch_size, trainer.world_size if trainer else 1)
+        limit = trainer.limit_train_batches if trainer else 1.0
+        return min(windows, limit) if isinstance(limit, int) else int(windows * limit)
+
+    def _position(self, windows: int) -> tuple[int, int]:
+        """(epoch, first window) for the iterator Lightning is about to start: one optimizer step per window.
+        Lightning restores global_step before it first iterates the training data."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        epoch = trainer.current_epoch
+        return epoch, max(0, trainer.global_step - epoch * self.steps_per_epoch())
+
+    def train_dataloader(self) -> WindowLoader:
+        trainer = self.trainer
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            raise ValueError(f"tokenizer {self.tokenizer.name_or_path!r} has no pad token; set model.pad_token")
+        return WindowLoader(
+            self.examples, self.batch_size, self.micro_batch_size, self.packing, self.pack_length, pad_id,
+            self.attn_implementation, self.seed, self.shuffle,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            position=self._position,
+        )

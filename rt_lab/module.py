@@ -1,0 +1,119 @@
+"""The LightningModule: a causal LM (optionally with a peft adapter) trained on token losses normalised by the
+number of supervised tokens in the whole optimizer step, so packing and accumulation splits never change it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from rt_lab.adapters import count_parameters
+from rt_lab.masking import IGNORE
+from rt_lab.optim import build_schedule
+
+log = logging.getLogger(__name__)
+
+
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token cross-entropies over supervised labels, number of supervised labels)."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+    logits = model(**inputs, use_cache=False).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, (labels != IGNORE).sum()
+
+
+class CausalLMModule(L.LightningModule):
+    def __init__(self, model: Any, optimizer: Callable[..., torch.optim.Optimizer], schedule: Any,
+                 max_grad_norm: float | None) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.schedule = schedule
+        self.max_grad_norm = max_grad_norm
+        self.automatic_optimization = False  # accumulation is one window per step, normalised as a whole
+        self.supervised_seen = 0
+        trainable, total = count_parameters(model)
+        self.trainable_parameters, self.total_parameters = trainable, total
+        self.partial_checkpoint = trainable < total  # adapters: checkpoints hold the trainable weights only
+        self.strict_loading = not self.partial_checkpoint
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        scheduler = build_schedule(optimizer, self.schedule.name, self.schedule.warmup_ratio, self.total_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def total_steps(self) -> int:
+        # Not `trainer.estimated_stepping_batches`: it would start the data iterator before a checkpoint's
+        # global step is restored, and the window loader derives its resume position from that step.
+        trainer = self.trainer
+        per_epoch = trainer.datamodule.steps_per_epoch()
+        by_epochs = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if trainer.max_steps and trainer.max_steps > 0:
+            return min(trainer.max_steps, by_epochs) if by_epochs else trainer.max_steps
+        if by_epochs is None:
+            raise ValueError("set trainer.lightning.max_epochs or trainer.lightning.max_steps")
+        return by_epochs
+
+    def on_train_start(self) -> None:
+        log.info("trainable parameters: %d of %d (%.2f%%)", self.trainable_parameters, self.total_parameters,
+                 100 * self.trainable_parameters / self.total_parameters)
+        for logger in self.loggers:
+            logger.log_metrics({"params/trainable": self.trainable_parameters,
+                                "params/total": self.total_parameters}, step=self.global_step)
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
+        wrapped = self.trainer.strategy.model
+        return wrapped.no_sync() if skip and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+
+    def training_step(self, window: list[dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
+        started = time.perf_counter()
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        local = sum((micro["labels"][:, 1:] != IGNORE).sum() for micro in window)
+        total = self.trainer.strategy.reduce(local.float(), reduce_op="sum")
+        # DDP averages gradients over ranks; scaling by world size turns that back into the window's sum.
+        scale = self.trainer.world_size / total
+        loss_sum = torch.zeros((), device=self.device)
+        for index, micro in enumerate(window):
+            with self._no_sync(index < len(window) - 1):
+                micro_loss, _ = token_loss_sum(self.model, micro)
+                self.manual_backward(micro_loss * scale)
+            loss_sum += micro_loss.detach()
+        if self.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        loss = self.trainer.strategy.reduce(loss_sum, reduce_op="sum") / total
+        self.supervised_seen += int(total)
+        elapsed = time.perf_counter() - started
+        self.log_dict({"train/loss": loss, "train/lr": lr, "train/supervised_tokens": float(self.supervised_seen),
+                       "train/supervised_tokens_per_s": float(total) / elapsed}, prog_bar=True)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.partial_checkpoint:
+            trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["supervised_seen"] = self.supervised_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout after a resume then draws the same masks an uninterrupted run would have drawn.
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        self.supervised_seen = checkpoint.get("supervised_seen", 0)

@@ -1,0 +1,44 @@
+"""Training stage: a real Lightning Trainer with `last.ckpt` checkpoints that a rerun resumes from."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from rt_lab.adapters import apply_adapter
+from rt_lab.datamodule import InstructionDataModule
+from rt_lab.module import CausalLMModule
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: Any, run_dir: Path, loggers: list[Any]) -> L.Trainer:
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
+    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint],
+                       logger=loggers or False)
+
+
+def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) -> Any:
+    """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model."""
+    model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
+    data = InstructionDataModule(
+        dataset=cfg.dataset, method=cfg.method, template=template, tokenizer=tokenizer, bos=cfg.model.bos,
+        max_length=cfg.data.max_length, packing=cfg.data.packing, pack_length=cfg.data.get("pack_length"),
+        batch_size=cfg.trainer.batch_size, micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed,
+        shuffle=cfg.data.shuffle, data_dir=cfg.paths.data_dir,
+        attn_implementation=cfg.model.get("attn_implementation"),
+    )
+    module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
+                            cfg.trainer.max_grad_norm)
+    trainer = build_trainer(cfg, run_dir, loggers)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming training from %s", last)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    return module.model
