@@ -36,7 +36,6 @@ def apply_adapter(model: Any, adapter: Any, gradient_checkpointing: bool = False
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if adapter.get("quantization"):
-        keep_4bit_gradients(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()

