@@ -1,0 +1,73 @@
+"""The entry point end to end: `python launch.py` as a user types it, with the tiny model, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, SHARED_DATA, needs_shared_data
+
+FAST = ["model=tiny", "trainer.batch_size=4", "trainer.micro_batch_size=2", "data.max_length=128",
+        "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
+
+
+def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
+               RT_LAB_OUTPUT_DIR=str(tmp_path / "outputs"))
+    result = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_multirun_rt_and_it_end_to_end(tmp_path):
+    result = launch(["-m", "method=rt,it", "dataset=sample", "logger=wandb", *FAST], tmp_path)
+    sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    generators = []
+    for job in jobs:
+        outputs = json.loads((job / "model_outputs.json").read_text())
+        assert len(outputs) == 3
+        assert {"instruction", "output", "generator", "dataset"} <= set(outputs[0])
+        generators.append(outputs[0]["generator"])
+        assert (job / "trained.done").is_file() and (job / "model" / "model.safetensors").is_file()
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1  # one W&B run per job, finished before the next job starts
+    assert generators == ["tiny-rt-sample-seed1", "tiny-it-sample-seed1"]
+    assert result.stdout.count("outputs written to") == 2
+
+
+def test_base_method_trains_nothing(tmp_path):
+    launch(["method=base", "logger=csv", *FAST], tmp_path)
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert (run_dir / "model_outputs.json").is_file()
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "trained.done").exists()
+
+
+def test_two_launches_in_the_same_second_never_share_a_dir(tmp_path):
+    env = dict(os.environ, RT_LAB_OUTPUT_DIR=str(tmp_path / "outputs"))
+    command = [sys.executable, str(REPO / "launch.py"), "--cfg", "job", "--resolve"]
+    procs = [subprocess.Popen(command + ["hydra.run.dir=${paths.output_dir}/runs/${now:%Y-%m-%d_%H-%M-%S}_${rt_lab.uid:}",
+                                         "+probe=${hydra:run.dir}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        dirs.append(next(line for line in out.splitlines() if line.startswith("probe:")))
+    assert dirs[0] != dirs[1]
+
+
+@needs_shared_data
+def test_it_on_real_lima_rows_offline(tmp_path):
+    launch(["method=it", "dataset=lima", f"paths.data_dir={SHARED_DATA}", "logger=csv", *FAST], tmp_path)
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    log = (run_dir / "launch.log").read_text()
+    assert "dataset lima from" in log and "lima_data.jsonl: kept 8 rows" in log
+    assert len(json.loads((run_dir / "model_outputs.json").read_text())) == 3
