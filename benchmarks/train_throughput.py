@@ -132,6 +132,7 @@ class StepClock:
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.tokens: list[int] = []
+        self.losses: list[float] = []
 
     def now(self) -> float:
         if self.device == "cuda":
@@ -152,6 +153,8 @@ class StepClock:
             "steps": steps, "step_seconds": durations, "step_tokens": self.tokens,
             "timed_tokens": timed_tokens, "timed_step_seconds": step_time, "timed_wall_seconds": wall_time,
             "tok_per_s": timed_tokens / step_time, "wall_tok_per_s": timed_tokens / wall_time,
+            "step_tok_per_s": [tokens / seconds for tokens, seconds in zip(self.tokens, durations)],
+            "losses": self.losses,
         }
 
 
@@ -196,6 +199,9 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             clock.ends.append(clock.now())
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                clock.losses.append(float(loss))
 
     shapes: list[list[list[int]]] = []
 
@@ -266,6 +272,10 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             clock.ends.append(clock.now())
             clock.tokens.append(holder["trainer"].pending)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:  # logging_steps=1: the mean loss of each optimizer step
+                clock.losses.append(float(logs["loss"]))
 
     with tempfile.TemporaryDirectory(prefix="trl_bench_") as output_dir:
         config = trl.SFTConfig(
@@ -398,6 +408,15 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
               "between the frameworks; the throughputs are not measured on the same work")
     else:
         print(f"supervised tokens per epoch agree within {100 * worst:.2f}%")
+    print("step tok/s (step 1 = warm-up): " + "; ".join(
+        f"{FRAMEWORKS[w]} " + " ".join(f"{rate:.0f}" for rate in r["step_tok_per_s"]) for w, r in results.items()))
+    spreads = {w: max(r["step_tok_per_s"][1:]) / min(r["step_tok_per_s"][1:]) for w, r in results.items()}
+    if max(spreads.values()) > 2:
+        print(f"WARNING: step throughput varies up to {max(spreads.values()):.1f}x within a run; the machine was "
+              "probably busy with something else, so rerun before trusting the ratios")
+    if all(r["losses"] for r in results.values()):
+        print("step-1 loss (same rows, same initial weights): " + ", ".join(
+            f"{FRAMEWORKS[w]}={r['losses'][0]:.5f}" for w, r in results.items()))
     packed = results.get("rt_lab_packed")
     if packed and packed.get("window_shapes"):
         micro_counts = [len(window) for window in packed["window_shapes"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +16,10 @@ from rt_lab.datamodule import InstructionDataModule
 from rt_lab.module import CausalLMModule
 
 log = logging.getLogger(__name__)
+
+# Lightning warns that manual-optimization checkpoints hold the state after the step; that is the state a
+# resume needs (it continues with the next step).
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:

@@ -124,3 +124,20 @@ def test_one_step_is_the_same_whatever_the_accumulation_split(compose, tmp_path,
     reference_params = dict(reference.named_parameters())
     for name, param in other.named_parameters():
         torch.testing.assert_close(param, reference_params[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_two_ddp_processes_take_the_same_step_as_one_device(compose, tmp_path):
+    """Rows of a window are split across ranks and the loss is normalised by the all-reduced token count, so
+    two CPU processes (gloo) must land on the same parameters as a single device."""
+    common = TINY + ["adapter=full", "trainer.lightning.max_steps=1", "data.shuffle=false", "logger=none",
+                     "trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.betas",
+                     "trainer.optimizer.lr=0.5", "trainer.schedule.warmup_ratio=0", "trainer.max_grad_norm=null"]
+    single, _ = fit(compose(common), tmp_path / "single")
+    cfg = compose(common + ["trainer.lightning.devices=2", "trainer.lightning.strategy=ddp_spawn"])
+    L.seed_everything(cfg.trainer.seed)
+    path = resolve_path(cfg.model, None)
+    tokenizer = load_tokenizer(cfg.model, path)
+    distributed = train(cfg, load_model(cfg.model, path), tokenizer, instantiate(cfg.template), tmp_path / "ddp", [])
+    reference = dict(single.named_parameters())
+    for name, param in distributed.named_parameters():
+        torch.testing.assert_close(param, reference[name], rtol=1e-4, atol=1e-6, msg=name)
