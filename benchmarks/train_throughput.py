@@ -133,6 +133,8 @@ class StepClock:
         self.ends: list[float] = []
         self.tokens: list[int] = []
         self.losses: list[float] = []
+        self.cpu_starts: list[float] = []
+        self.cpu_ends: list[float] = []
 
     def now(self) -> float:
         if self.device == "cuda":
@@ -140,6 +142,14 @@ class StepClock:
 
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    def begin(self) -> None:
+        self.starts.append(self.now())
+        self.cpu_starts.append(time.process_time())
+
+    def end(self) -> None:
+        self.ends.append(self.now())
+        self.cpu_ends.append(time.process_time())
 
     def summary(self) -> dict[str, Any]:
         steps = len(self.ends)
@@ -149,10 +159,12 @@ class StepClock:
         timed_tokens = sum(self.tokens[1:])
         step_time = sum(durations[1:])
         wall_time = self.ends[-1] - self.ends[0]
+        cpu_time = sum(end - start for start, end in zip(self.cpu_starts[1:], self.cpu_ends[1:]))
         return {
             "steps": steps, "step_seconds": durations, "step_tokens": self.tokens,
             "timed_tokens": timed_tokens, "timed_step_seconds": step_time, "timed_wall_seconds": wall_time,
             "tok_per_s": timed_tokens / step_time, "wall_tok_per_s": timed_tokens / wall_time,
+            "timed_cpu_seconds": cpu_time, "tok_per_cpu_s": timed_tokens / cpu_time if cpu_time > 0 else float("nan"),
             "step_tok_per_s": [tokens / seconds for tokens, seconds in zip(self.tokens, durations)],
             "losses": self.losses,
         }
@@ -195,10 +207,10 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             clock.tokens.append(int(sum((micro["labels"][:, 1:] != IGNORE).sum() for micro in batch)))
-            clock.starts.append(clock.now())
+            clock.begin()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            clock.ends.append(clock.now())
+            clock.end()
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
             if loss is not None:
                 clock.losses.append(float(loss))
@@ -267,10 +279,10 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     class Timer(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             holder["trainer"].pending = 0
-            clock.starts.append(clock.now())
+            clock.begin()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            clock.ends.append(clock.now())
+            clock.end()
             clock.tokens.append(holder["trainer"].pending)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
@@ -344,6 +356,23 @@ def prepare_rows(args: argparse.Namespace, folder: Path) -> tuple[Path, int]:
     return path, len(chosen)
 
 
+def cpu_busy(seconds: float = 0.5) -> float:
+    """Fraction of all CPUs busy over a short interval while this script itself idles (Linux; 0 elsewhere)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return idle, sum(values[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def spawn(args: argparse.Namespace, worker: str, rows_file: Path, folder: Path) -> dict[str, Any]:
     result_file = folder / f"{args.model}-{worker}.json"
     log_file = folder / f"{args.model}-{worker}.log"
@@ -354,8 +383,10 @@ def spawn(args: argparse.Namespace, worker: str, rows_file: Path, folder: Path) 
                "--device", args.device, "--precision", args.precision, "--seed", str(args.seed)]
     if args.pack_length:
         command += ["--pack-length", str(args.pack_length)]
+    used = cpu_busy()
+    busy = f" (CPUs already {100 * used:.0f}% busy with other work)" if used > 0.2 else ""
     started = time.perf_counter()
-    print(f"  running {FRAMEWORKS[worker]:<18} ...", end="", flush=True)
+    print(f"  running {FRAMEWORKS[worker]:<18}{busy} ...", end="", flush=True)
     if args.verbose:
         print()
         code = subprocess.call(command, cwd=ROOT)
@@ -369,7 +400,9 @@ def spawn(args: argparse.Namespace, worker: str, rows_file: Path, folder: Path) 
             print("".join(log_file.read_text(errors="replace").splitlines(keepends=True)[-60:]))
         raise SystemExit(f"worker {worker} for model {args.model} failed (exit code {code})")
     print(f" {elapsed:.0f}s")
-    return json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text())
+    result["cpu_busy_before"] = used
+    return result
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
@@ -380,21 +413,22 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
           f"(timed: steps 2..{args.steps}) threads={trl_result['torch_threads']}")
     memory_label = ("peak RSS during training minus RSS before it" if args.device == "cpu"
                     else "torch.cuda.max_memory_allocated during training")
-    print(f"{'framework':<20}{'sup_tok/s':>12}{'wall_tok/s':>12}{'peak_mem_MB':>14}"
-          f"{'ratio_vs_trl':>14}{'wall_ratio':>12}{'mem_ratio':>11}")
+    print(f"{'framework':<20}{'sup_tok/s':>12}{'wall_tok/s':>12}{'tok/cpu_s':>11}{'peak_mem_MB':>13}"
+          f"{'ratio_vs_trl':>14}{'cpu_ratio':>11}{'mem_ratio':>11}")
     for worker, label in FRAMEWORKS.items():
         result = results.get(worker)
         if result is None:
             continue
         ratio = result["tok_per_s"] / trl_result["tok_per_s"]
-        wall_ratio = result["wall_tok_per_s"] / trl_result["wall_tok_per_s"]
+        cpu_ratio = result["tok_per_cpu_s"] / trl_result["tok_per_cpu_s"]
         mem_ratio = result["peak_mem_mb"] / trl_result["peak_mem_mb"] if trl_result["peak_mem_mb"] > 0 else float("nan")
         first = worker == "trl"
         print(f"{label:<20}{result['tok_per_s']:>12.1f}{result['wall_tok_per_s']:>12.1f}"
-              f"{result['peak_mem_mb']:>14.1f}{'' if first else f'{ratio:.2f}x':>14}"
-              f"{'' if first else f'{wall_ratio:.2f}x':>12}{'' if first else f'{mem_ratio:.2f}x':>11}")
-    print(f"peak_mem_MB = {memory_label}; sup_tok/s = supervised tokens (response + EOS) per second of "
-          "step time; wall_tok/s includes data collation and logging between steps")
+              f"{result['tok_per_cpu_s']:>11.1f}{result['peak_mem_mb']:>13.1f}{'' if first else f'{ratio:.2f}x':>14}"
+              f"{'' if first else f'{cpu_ratio:.2f}x':>11}{'' if first else f'{mem_ratio:.2f}x':>11}")
+    print(f"sup_tok/s = supervised tokens (response + EOS) per second of step time; wall_tok/s also counts the "
+          "time between steps (collation, logging); tok/cpu_s = per CPU-second of this process in the steps "
+          f"(steadier than wall time when other work shares the CPUs); peak_mem_MB = {memory_label}")
     print("supervised tokens counted per optimizer step from the micro-batches each step trained on")
     print("timed supervised tokens: " + ", ".join(f"{FRAMEWORKS[w]}={r['timed_tokens']}" for w, r in results.items()))
     counts = {worker: result["supervised_per_epoch"] for worker, result in results.items()}
@@ -414,6 +448,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     if max(spreads.values()) > 2:
         print(f"WARNING: step throughput varies up to {max(spreads.values()):.1f}x within a run; the machine was "
               "probably busy with something else, so rerun before trusting the ratios")
+    busy = {w: r["cpu_busy_before"] for w, r in results.items() if r.get("cpu_busy_before", 0) > 0.2}
+    if busy:
+        print("WARNING: other work was using the CPUs when these started: " + ", ".join(
+            f"{FRAMEWORKS[w]} {100 * b:.0f}%" for w, b in busy.items()) + "; the timings are not clean")
     if all(r["losses"] for r in results.values()):
         print("step-1 loss (same rows, same initial weights): " + ", ".join(
             f"{FRAMEWORKS[w]}={r['losses'][0]:.5f}" for w, r in results.items()))

@@ -1,37 +1,62 @@
 """Batched, KV-cached generation over a prompt set, written as AlpacaEval `model_outputs.json`.
 
-Prompts are sorted by length into left-padded batches; each finished batch is appended to a JSONL file, so an
-interrupted run resumes where it stopped and skips the prompts already answered."""
+Prompts are sorted by length into a fixed plan of left-padded batches. Each finished batch is appended to a
+JSONL file; a rerun skips the batches already answered and regenerates the others whole, so an interrupted run
+ends with the same file as an uninterrupted one. An optional rule head (rt_lab.rules) joins every batch."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from rt_lab.io import atomic_write_json
 from rt_lab.masking import tokenize
 from rt_lab.prompts import Prompt
+from rt_lab.rules import Rule, RuleHead
 from rt_lab.templates import Template
 
 log = logging.getLogger(__name__)
 
 
-def done_ids(partial: Path) -> dict[str, dict]:
-    """Records already generated (a torn last line from a crash is ignored and regenerated)."""
-    records = {}
-    if partial.is_file():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records[record["id"]] = record
-    return records
+@dataclass(frozen=True)
+class EncodedPrompt:
+    ids: list[int]
+    instruction_start: int  # index of the first token at or after the instruction's first character
+
+
+def encode_prompt(instruction: str, template: Template, tokenizer: Any, bos: str) -> EncodedPrompt:
+    text = template.prompt(instruction, tokenizer)
+    ids, offsets = tokenize(text, tokenizer, bos)
+    start = template.instruction_offset(instruction, tokenizer)
+    first = next((i for i, (lo, hi) in enumerate(offsets) if hi > lo and lo >= start), len(ids))
+    return EncodedPrompt(ids, first)
+
+
+def answered(partial: Path) -> dict[str, str]:
+    """Outputs already generated, by prompt id. A torn last line (a crash mid-write) is cut off so appending
+    continues on a fresh line; a malformed line anywhere else is an error."""
+    if not partial.is_file():
+        return {}
+    data = partial.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with partial.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    outputs = {}
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{partial}: line {number} is not JSON ({err.msg}); fix or delete the file") from err
+        outputs[record["id"]] = record["output"]
+    return outputs
 
 
 def generation_config(cfg: Any, tokenizer: Any) -> Any:
@@ -43,42 +68,49 @@ def generation_config(cfg: Any, tokenizer: Any) -> Any:
 
 
 @torch.inference_mode()
-def generate_batch(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], config: Any) -> list[str]:
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), tokenizer.pad_token_id, dtype=torch.long)
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt], config: Any,
+                   rules: Sequence[Rule] = ()) -> list[str]:
+    width = max(len(p.ids) for p in prompts)
+    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompt_ids):  # left padding: every prompt ends where generation starts
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention[row, width - len(ids):] = 1
+    for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        input_ids[row, width - len(prompt.ids):] = torch.tensor(prompt.ids)
+        attention[row, width - len(prompt.ids):] = 1
+    processors = LogitsProcessorList()
+    if rules:
+        scope = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts])
+        processors.append(RuleHead(rules, torch.full((len(prompts),), width), scope))
     device = next(model.parameters()).device
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                            generation_config=config)
+                            generation_config=config, logits_processor=processors)
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
 
 
 def generate_outputs(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Prompt], cfg: Any,
-                     bos: str, generator: str, out_dir: Path) -> Path:
+                     bos: str, generator: str, out_dir: Path, rules: Sequence[Rule] = ()) -> Path:
     """Answer every prompt and write `model_outputs.json` (AlpacaEval format) in `out_dir`."""
+    encoded = {p.id: encode_prompt(p.instruction, template, tokenizer, bos) for p in prompts}
+    ordered = sorted(prompts, key=lambda p: (-len(encoded[p.id].ids), p.id))
+    plan = [ordered[i:i + cfg.batch_size] for i in range(0, len(ordered), cfg.batch_size)]
     partial = out_dir / "generations.jsonl"
-    records = done_ids(partial)
-    todo = [p for p in prompts if p.id not in records]
-    if records:
-        log.info("resuming generation: %d of %d prompts already answered", len(prompts) - len(todo), len(prompts))
-    encoded = {p.id: tokenize(template.prompt(p.instruction, tokenizer), tokenizer, bos)[0] for p in todo}
-    todo.sort(key=lambda p: -len(encoded[p.id]))
+    outputs = answered(partial)
+    todo = [batch for batch in plan if not all(p.id in outputs for p in batch)]
+    if len(todo) < len(plan):
+        log.info("resuming generation: %d of %d batches already answered", len(plan) - len(todo), len(plan))
     config = generation_config(cfg, tokenizer)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
-    with partial.open("a", encoding="utf-8") as sink:
-        for batch in tqdm(batches, desc="generating", unit="batch", disable=not batches):
-            outputs = generate_batch(model, tokenizer, [encoded[p.id] for p in batch], config)
-            for prompt, output in zip(batch, outputs):
-                records[prompt.id] = {"id": prompt.id, "output": output}
-                sink.write(json.dumps(records[prompt.id], ensure_ascii=False) + "\n")
+    with partial.open("a", encoding="utf-8") as sink, \
+            tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generating", unit="batch") as progress:
+        for batch in todo:
+            texts = generate_batch(model, tokenizer, [encoded[p.id] for p in batch], config, rules)
+            for prompt, text in zip(batch, texts):
+                outputs[prompt.id] = text
+                sink.write(json.dumps({"id": prompt.id, "output": text}, ensure_ascii=False) + "\n")
             sink.flush()
-    final = [{"instruction": p.instruction, "output": records[p.id]["output"], "generator": generator,
-              "dataset": p.dataset} for p in prompts]
+            progress.update()
+    records = [{"instruction": p.instruction, "output": outputs[p.id], "generator": generator,
+                "dataset": p.dataset} for p in prompts]
     path = out_dir / "model_outputs.json"
-    atomic_write_json(path, final)
+    atomic_write_json(path, records)
     return path

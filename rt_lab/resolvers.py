@@ -24,9 +24,15 @@ def job_overrides() -> str:
     return HydraConfig.get().job.override_dirname or "default"
 
 
+def rules_suffix(enabled: list[str] | None) -> str:
+    """Run-name part naming the enabled rules, so rule ablations get distinct AlpacaEval generator names."""
+    return f"[{','.join(enabled)}]" if enabled else ""
+
+
 def register() -> None:
     # Cached like Hydra's `now`, and Hydra copies the cache into every job of a sweep, so all jobs of one
     # launch share the suffix while two launches in the same second never share a directory.
     OmegaConf.register_new_resolver("rt_lab.uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
     OmegaConf.register_new_resolver("rt_lab.sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("rt_lab.job_overrides", job_overrides, replace=True)
+    OmegaConf.register_new_resolver("rt_lab.rules_suffix", rules_suffix, replace=True)

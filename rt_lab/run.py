@@ -1,4 +1,5 @@
-"""One run: train (unless the method trains nothing) -> export -> generate on the eval prompts.
+"""One run: train (unless the method trains nothing) -> export -> generate on the eval prompts (with the rule
+head when `rules.enabled` names rules).
 
 Each finished stage leaves a marker in the run dir, so a rerun in the same dir skips what is already done."""
 
@@ -18,6 +19,7 @@ from rt_lab.generate import generate_outputs
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.prompts import load_prompts
+from rt_lab.rules import build_rules
 from rt_lab.train import train
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def run(cfg: Any) -> Path:
     try:
         model = trained_model(cfg, tokenizer, template, run_dir, loggers)
         outputs = generate_outputs(model, tokenizer, template, prompts, cfg.generation, cfg.model.bos,
-                                   cfg.run.name, run_dir)
+                                   cfg.run.name, run_dir, build_rules(cfg.rules, tokenizer))
     finally:
         finish_wandb()
     log.info("outputs: %s", outputs)

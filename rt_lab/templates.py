@@ -23,6 +23,10 @@ class Template(Protocol):
 
     def prompt(self, instruction: str, tokenizer: Any) -> str: ...
 
+    def instruction_offset(self, instruction: str, tokenizer: Any) -> int:
+        """Character offset in `prompt(instruction)` where the instruction starts (just after the user tag)."""
+        ...
+
 
 @dataclass(frozen=True)
 class TagTemplate:
@@ -62,6 +66,9 @@ class TagTemplate:
         content = instruction.strip() if self.strip_content else instruction
         return f"{self.user_tag}{content}\n{self.assistant_tag}"
 
+    def instruction_offset(self, instruction: str, tokenizer: Any) -> int:
+        return len(self.user_tag)
+
 
 @dataclass(frozen=True)
 class ChatTemplate:
@@ -91,3 +98,7 @@ class ChatTemplate:
 
     def prompt(self, instruction: str, tokenizer: Any) -> str:
         return self._apply(tokenizer, [{"role": "user", "content": instruction}], generation_prompt=True)
+
+    def instruction_offset(self, instruction: str, tokenizer: Any) -> int:
+        text = self.prompt(instruction, tokenizer)
+        return text.rindex(instruction) if instruction else len(text)

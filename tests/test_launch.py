@@ -71,3 +71,12 @@ def test_it_on_real_lima_rows_offline(tmp_path):
     log = (run_dir / "launch.log").read_text()
     assert "dataset lima from" in log and "lima_data.jsonl: kept 8 rows" in log
     assert len(json.loads((run_dir / "model_outputs.json").read_text())) == 3
+
+
+def test_rules_method_and_an_ablation(tmp_path):
+    launch(["-m", "method=rules", "rules.enabled=[eos_ramp,uniform,diversity],[eos_ramp,uniform]", "logger=csv",
+            *FAST], tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    generators = [json.loads((sweep / job / "model_outputs.json").read_text())[0]["generator"] for job in "01"]
+    assert generators == ["tiny-rules[eos_ramp,uniform,diversity]-sample-seed1", "tiny-rules[eos_ramp,uniform]-sample-seed1"]
+    assert not (sweep / "0" / "checkpoints").exists()

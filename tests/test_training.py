@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from rt_lab.adapters import apply_adapter, quantization_config
-from rt_lab.generate import generate_batch, generation_config
+from rt_lab.generate import encode_prompt, generate_batch, generation_config
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.train import train
 
@@ -78,7 +78,7 @@ def test_qlora_gradients_reach_every_adapter_after_an_eval_forward(compose):
     model = load_model(cfg.model, path, quantization_config(cfg.adapter))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     model.eval()
-    generate_batch(model, tokenizer, [tokenizer("<|user|>\nHi\n<|assistant|>\n").input_ids],
+    generate_batch(model, tokenizer, [encode_prompt("Hi", instantiate(cfg.template), tokenizer, "auto")],
                    generation_config(compose(TINY + ["generation.max_new_tokens=4"]).generation, tokenizer))
     model.train()
     model = apply_adapter(model, cfg.adapter)

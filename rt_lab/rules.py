@@ -1,0 +1,224 @@
+"""The rule-based head of Hewitt et al. §6, multiplied into a model as a product of experts.
+
+Each step, rules score every vocabulary token (`r`, starting at 0); the head returns
+`log_softmax(base logits) + log_softmax(r)`, which greedy decoding argmaxes and sampling renormalises.
+Rules are tokenizer-agnostic: tables name token *strings*, resolved through the model's tokenizer. Add a rule
+with `@register_rule("name")` on a class taking `(tokenizer, vocab_size, **its config)` with a `scores` method.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+log = logging.getLogger(__name__)
+
+BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+RULES: dict[str, Callable[..., "Rule"]] = {}
+
+
+def register_rule(name: str) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        RULES[name] = cls
+        return cls
+
+    return decorator
+
+
+@dataclass
+class Step:
+    """What rules see at one decoding step, per row of the batch."""
+
+    input_ids: torch.Tensor  # (B, L): left-padded prompts + generated tokens so far
+    generated: torch.Tensor  # (B,): tokens generated so far after the prompt (`t` in the paper)
+    present: torch.Tensor  # (B, V) bool: distinct tokens in the diversity scope so far
+
+
+class Rule:
+    weight: float = 1.0
+
+    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:  # (B, V) additive contribution
+        raise NotImplementedError
+
+
+@lru_cache(maxsize=8)
+def _surfaces(tokenizer: Any) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """Each token id's text as it reads after other text (leading spaces kept), and whether it is a
+    byte-fallback piece such as `<0x0A>`."""
+    anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
+    prefix = tokenizer.decode(anchor, clean_up_tokenization_spaces=False)
+    size = len(tokenizer)
+    pairs = tokenizer.batch_decode([anchor + [i] for i in range(size)], clean_up_tokenization_spaces=False)
+    surfaces = tuple(text[len(prefix):] if text.startswith(prefix) else text for text in pairs)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    return surfaces, tuple(bool(piece and BYTE_FALLBACK.match(piece)) for piece in pieces)
+
+
+def resolve_token_strings(tokenizer: Any, strings: Sequence[str]) -> dict[str, list[int]]:
+    """Token ids whose text is exactly each string (e.g. " I" -> Llama-2's `▁I` 306). Byte-fallback pieces count
+    only when no ordinary token has that text (newline -> `<0x0A>` 13 on Llama-2). Special tokens never match."""
+    surfaces, is_byte = _surfaces(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    by_text: dict[str, list[int]] = {}
+    for token_id, text in enumerate(surfaces):
+        if token_id not in special:
+            by_text.setdefault(text, []).append(token_id)
+    resolved = {}
+    for string in strings:
+        ids = by_text.get(string, [])
+        ordinary = [i for i in ids if not is_byte[i]]
+        resolved[string] = ordinary or ids
+    return resolved
+
+
+@register_rule("eos_ramp")
+class EosRamp(Rule):
+    """`r[eos] += min(cap, slope * t / horizon)` for 0 < t < horizon; nothing at t = 0 or t >= horizon."""
+
+    def __init__(self, tokenizer: Any, weight: float = 1.0, slope: float = 15.0, horizon: int = 250,
+                 cap: float | None = None) -> None:
+        self.weight, self.slope, self.horizon = weight, slope, horizon
+        self.cap = slope if cap is None else cap
+        self.eos = tokenizer.eos_token_id
+
+    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
+        t = step.generated.float()
+        ramp = torch.where((t > 0) & (t < self.horizon), (self.slope * t / self.horizon).clamp(max=self.cap),
+                           torch.zeros_like(t))
+        r = torch.zeros(len(t), vocab_size, device=t.device)
+        r[:, self.eos] = ramp
+        return r
+
+
+@register_rule("uniform")
+class Uniform(Rule):
+    """A fixed score change per token string, every step (the paper's table: discourage `I`, `<`, `|`,
+    `should`...; encourage list and header starts, newlines, `!`)."""
+
+    def __init__(self, tokenizer: Any, table: Sequence[Any], weight: float = 1.0) -> None:
+        self.weight = weight
+        resolved = resolve_token_strings(tokenizer, [entry["token"] for entry in table])
+        missing = [text for text, ids in resolved.items() if not ids]
+        if missing:
+            log.warning("uniform rule: no token of %s is exactly %s; those entries do nothing",
+                        tokenizer.name_or_path, missing)
+        self.changes = [(resolved[entry["token"]], float(entry["delta"])) for entry in table]
+        self._vector: torch.Tensor | None = None
+
+    def vector(self, vocab_size: int, device: torch.device) -> torch.Tensor:
+        if self._vector is None or self._vector.shape[0] != vocab_size or self._vector.device != device:
+            vector = torch.zeros(vocab_size, device=device)
+            for ids, delta in self.changes:
+                vector[ids] += delta
+            self._vector = vector
+        return self._vector
+
+    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
+        return self.vector(vocab_size, step.input_ids.device).expand(len(step.input_ids), -1)
+
+
+@register_rule("diversity")
+class Diversity(Rule):
+    """`-penalty` once for every distinct token already in scope (`since_user_tag`: instruction, tags and
+    response, as the authors' code; `response`: the response so far, as the paper's text)."""
+
+    SCOPES = ("since_user_tag", "response")
+
+    def __init__(self, tokenizer: Any, weight: float = 1.0, penalty: float = 1.5,
+                 scope: str = "since_user_tag") -> None:
+        if scope not in self.SCOPES:
+            raise ValueError(f"rules.diversity.scope={scope!r}; expected one of {self.SCOPES}")
+        self.weight, self.penalty, self.scope = weight, penalty, scope
+
+    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
+        return -self.penalty * step.present.float()
+
+
+@register_rule("start")
+class Start(Rule):
+    """The authors' optional first-tokens rule (off in the paper): at t = 0, `scale` times a score per token
+    (exactly `I` -3, `Okay` +10, starting with a letter +1, with punctuation -1; one leading space ignored);
+    at t = 1 `!` gets `exclaim`; at t = 2 a newline gets `newline`."""
+
+    PUNCTUATION = set(".,:;!?<>[]{}()\"'`~@#$%^&*-=+\\|/")
+
+    def __init__(self, tokenizer: Any, weight: float = 1.0, scale: float = 5.0, exclaim: float = 15.0,
+                 newline: float = -10.0) -> None:
+        self.weight, self.scale = weight, scale
+        surfaces, _ = _surfaces(tokenizer)
+        self.first = torch.tensor([self.first_token_score(text) for text in surfaces])
+        resolved = resolve_token_strings(tokenizer, ["!", "\n"])
+        self.at_step = {1: (resolved["!"], exclaim), 2: (resolved["\n"], newline)}
+
+    def first_token_score(self, text: str) -> float:
+        word = text[1:] if text.startswith(" ") else text
+        if word == "I":
+            return -3.0
+        if word.startswith("Okay"):
+            return 10.0
+        if word[:1].isalpha():
+            return 1.0
+        if word[:1] in self.PUNCTUATION:
+            return -1.0
+        return 0.0
+
+    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
+        r = torch.zeros(len(step.generated), vocab_size, device=step.input_ids.device)
+        first = self.first[:vocab_size].to(r.device)
+        r[step.generated == 0, : len(first)] += self.scale * first
+        for t, (ids, delta) in self.at_step.items():
+            rows = step.generated == t
+            if ids and rows.any():
+                r[rows.nonzero(as_tuple=True)[0][:, None], torch.tensor(ids, device=r.device)] += delta
+        return r
+
+
+def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
+    """The enabled rules of a `rules` config, in the order given."""
+    unknown = [name for name in cfg.enabled if name not in RULES]
+    if unknown:
+        raise KeyError(f"rules.enabled has unknown rules {unknown}; registered: {sorted(RULES)}")
+    return [RULES[name](tokenizer, **{k: v for k, v in (cfg.get(name) or {}).items()}) for name in cfg.enabled]
+
+
+class RuleHead(LogitsProcessor):
+    """Product of experts over one generate call. `response_start[b]` is where row b's response begins in the
+    padded input (t counts from there); `scope_start[b]` is where its diversity scope begins. Both stay right
+    for ragged, left-padded batches; a finished row's scores are ignored by `generate`."""
+
+    def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, scope_start: torch.Tensor) -> None:
+        self.rules = list(rules)
+        self.response_start = response_start
+        self.scope_start = scope_start
+        self.present: torch.Tensor | None = None
+        self.seen = 0
+
+    def _update_present(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        batch, length = input_ids.shape
+        if self.present is None:
+            self.present = torch.zeros(batch, vocab_size + 1, dtype=torch.bool, device=input_ids.device)
+        positions = torch.arange(self.seen, length, device=input_ids.device)
+        tokens = input_ids[:, self.seen:]
+        in_scope = positions[None, :] >= self.scope_start.to(input_ids.device)[:, None]
+        # out-of-scope tokens land in a spare column that no score reads
+        self.present.scatter_(1, torch.where(in_scope, tokens, vocab_size), True)
+        self.seen = length
+        return self.present[:, :vocab_size]
+
+    def rule_scores(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        generated = input_ids.shape[1] - self.response_start.to(input_ids.device)
+        step = Step(input_ids, generated, self._update_present(input_ids, vocab_size))
+        r = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
+        for rule in self.rules:
+            r += rule.weight * rule.scores(step, vocab_size)
+        return r
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        r = self.rule_scores(input_ids, scores.shape[-1])
+        return torch.log_softmax(scores.float(), dim=-1) + torch.log_softmax(r, dim=-1)

@@ -1,0 +1,58 @@
+"""Generation: a fixed batch plan, per-batch appends, and a resume that ends with the same file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from rt_lab.generate import generate_outputs
+from rt_lab.prompts import load_prompts
+from rt_lab.templates import TagTemplate
+
+GENERATION = OmegaConf.create({"max_new_tokens": 10, "batch_size": 4, "do_sample": False, "temperature": 1.0,
+                               "top_p": 1.0})
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts(OmegaConf.create({"name": "sample", "file": "pkg://sample_data/sample_prompts.jsonl",
+                                          "format": "instruction", "limit": None}))
+
+
+def run(model, tokenizer, prompts, out_dir):
+    return generate_outputs(model, tokenizer, TagTemplate(), prompts, GENERATION, "auto", "tiny-test", out_dir)
+
+
+def test_outputs_are_alpaca_eval_records_in_prompt_order(tiny_path, tiny_tokenizer, prompts, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    records = json.loads(run(model, tiny_tokenizer, prompts, tmp_path).read_text())
+    assert [r["instruction"] for r in records] == [p.instruction for p in prompts]
+    assert {r["generator"] for r in records} == {"tiny-test"} and {r["dataset"] for r in records} == {"sample"}
+    assert len((tmp_path / "generations.jsonl").read_text().splitlines()) == len(prompts)
+
+
+def test_interrupted_generation_resumes_to_the_same_file(tiny_path, tiny_tokenizer, prompts, tmp_path, caplog):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    uninterrupted = run(model, tiny_tokenizer, prompts, tmp_path / "a").read_text()
+    crashed = tmp_path / "b"
+    run(model, tiny_tokenizer, prompts, crashed)
+    # What a kill leaves on disk after one batch of four and part of the next record: no final file.
+    lines = (crashed / "generations.jsonl").read_text().splitlines(keepends=True)
+    (crashed / "generations.jsonl").write_text("".join(lines[:4]) + lines[4][:15])
+    (crashed / "model_outputs.json").unlink()
+    with caplog.at_level("INFO"):
+        resumed = run(model, tiny_tokenizer, prompts, crashed).read_text()
+    assert "resuming generation: 1 of 3 batches already answered" in caplog.text
+    assert resumed == uninterrupted
+    lines = (crashed / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == len(prompts) and all(json.loads(line) for line in lines)
+
+
+def test_a_corrupt_line_before_the_end_is_an_error(tiny_path, tiny_tokenizer, prompts, tmp_path):
+    (tmp_path / "generations.jsonl").write_text('{"id": "prompt-00", "output": "x"}\nnot json\n')
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    with pytest.raises(ValueError, match="generations.jsonl: line 2 is not JSON"):
+        run(model, tiny_tokenizer, prompts, tmp_path)

@@ -1,0 +1,206 @@
+"""The rule head: string->id resolution, each rule's arithmetic against hand computation, the product of
+experts, and per-row state inside real batched, left-padded, KV-cached `generate`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rt_lab.rules import RULES, EosRamp, Rule, RuleHead, Step, build_rules, register_rule, resolve_token_strings
+
+PAPER_TABLE_LLAMA2 = {"<": 29966, " <": 529, "|": 29989, " I": 306, "I": 29902, " We": 1334, "What": 5618,
+                      " should": 881, " *": 334, " -": 448, "   ": 1678, " #": 396, " ##": 444, "\n": 13, "!": 29991}
+
+
+@pytest.fixture(scope="module")
+def llama2_like_tokenizer():
+    """A SentencePiece-style tokenizer (Metaspace, byte fallback, Llama-2's decoder) holding the paper's pieces
+    at their Llama-2 ids, and the byte pieces at Llama-2's ids 3..258 (so `<`, `!`, newline also exist as bytes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    pieces.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    pieces.update({"<": 29966, "▁<": 529, "|": 29989, "▁I": 306, "I": 29902, "▁We": 1334, "What": 5618,
+                   "▁should": 881, "▁*": 334, "▁-": 448, "▁▁▁": 1678, "▁#": 396, "▁##": 444, "!": 29991,
+                   "▁a": 263, "a": 29874, "▁": 29871})
+    vocab = {f"filler{i}": i for i in range(32000)}
+    vocab = {piece: i for piece, i in vocab.items() if i not in set(pieces.values())} | pieces
+    model = models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True)
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def paper_rules_cfg(*enabled):
+    return OmegaConf.merge(OmegaConf.load("conf/rules/default.yaml"), {"enabled": list(enabled)})
+
+
+def test_paper_table_resolves_to_the_llama2_ids(llama2_like_tokenizer):
+    table = OmegaConf.load("conf/rules/default.yaml").uniform.table
+    resolved = resolve_token_strings(llama2_like_tokenizer, [entry.token for entry in table])
+    assert resolved == {text: [i] for text, i in PAPER_TABLE_LLAMA2.items()}
+
+
+def test_resolution_on_the_real_smollm2_tokenizer(smollm2_tokenizer):
+    resolved = resolve_token_strings(smollm2_tokenizer, [" I", "I", "\n", "!", " should", "<"])
+    for text, ids in resolved.items():
+        assert ids, text
+        assert all(smollm2_tokenizer.convert_tokens_to_string([smollm2_tokenizer.convert_ids_to_tokens(i)]) == text
+                   for i in ids), text
+    assert smollm2_tokenizer.convert_ids_to_tokens(resolved[" I"]) == ["ĠI"]
+    assert smollm2_tokenizer.convert_ids_to_tokens(resolved["\n"]) == ["Ċ"]
+
+
+def step(generated, present=None, vocab=8):
+    generated = torch.tensor(generated)
+    present = torch.zeros(len(generated), vocab, dtype=torch.bool) if present is None else present
+    return Step(torch.zeros(len(generated), 1, dtype=torch.long), generated, present)
+
+
+def test_eos_ramp_matches_the_formula(tiny_tokenizer):
+    rule = EosRamp(tiny_tokenizer)
+    ts = [0, 1, 125, 249, 250, 400]
+    r = rule.scores(step(ts, vocab=len(tiny_tokenizer)), len(tiny_tokenizer))
+    expected = [0.0, 15 * 1 / 250, 15 * 125 / 250, 15 * 249 / 250, 0.0, 0.0]
+    assert r[:, tiny_tokenizer.eos_token_id].tolist() == pytest.approx(expected)
+    r[:, tiny_tokenizer.eos_token_id] = 0
+    assert not r.any()
+    capped = EosRamp(tiny_tokenizer, slope=15, horizon=250, cap=3.0).scores(step(ts, vocab=len(tiny_tokenizer)),
+                                                                           len(tiny_tokenizer))
+    assert capped[:, tiny_tokenizer.eos_token_id].tolist() == pytest.approx([min(3.0, e) for e in expected])
+
+
+def test_uniform_adds_each_resolved_delta(tiny_tokenizer):
+    table = [{"token": " the", "delta": -2}, {"token": "\n", "delta": 1}, {"token": "zzzz-not-a-token", "delta": 9}]
+    rule = RULES["uniform"](tiny_tokenizer, table=table)
+    vocab = len(tiny_tokenizer)
+    r = rule.scores(step([0, 5], vocab=vocab), vocab)
+    the, newline = (resolve_token_strings(tiny_tokenizer, [t])[t] for t in (" the", "\n"))
+    expected = torch.zeros(vocab)
+    expected[the] = -2
+    expected[newline] = 1
+    assert the and newline
+    assert torch.equal(r, expected.expand(2, -1))
+
+
+def test_diversity_penalises_each_present_token_once():
+    rule = RULES["diversity"](None, penalty=1.5)
+    present = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    assert rule.scores(step([3, 3], present, vocab=4), 4).tolist() == [[-1.5, 0, -1.5, 0], [0, 0, 0, -1.5]]
+    with pytest.raises(ValueError, match="scope"):
+        RULES["diversity"](None, scope="everything")
+
+
+def test_weights_scale_rules_and_the_head_is_a_product_of_experts(tiny_tokenizer):
+    vocab = len(tiny_tokenizer)
+    rules = build_rules(OmegaConf.create({"enabled": ["eos_ramp"], "eos_ramp": {"weight": 2.0}}), tiny_tokenizer)
+    head = RuleHead(rules, response_start=torch.tensor([2, 3]), scope_start=torch.tensor([0, 0]))
+    input_ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 8, 9]])  # t = 3 and 2
+    logits = torch.randn(2, vocab)
+    out = head(input_ids, logits)
+    r = torch.zeros(2, vocab)
+    r[0, tiny_tokenizer.eos_token_id] = 2 * 15 * 3 / 250
+    r[1, tiny_tokenizer.eos_token_id] = 2 * 15 * 2 / 250
+    torch.testing.assert_close(out, torch.log_softmax(logits, -1) + torch.log_softmax(r, -1))
+    # renormalised, the head is the normalised product of the two distributions
+    product = torch.softmax(logits, -1) * torch.softmax(r, -1)
+    torch.testing.assert_close(torch.softmax(out, -1), product / product.sum(-1, keepdim=True))
+
+
+def test_unknown_rule_is_named(tiny_tokenizer):
+    with pytest.raises(KeyError, match="unknown rules \\['eos'\\]"):
+        build_rules(OmegaConf.create({"enabled": ["eos"]}), tiny_tokenizer)
+
+
+def test_start_rule_scores_first_tokens(tiny_tokenizer):
+    rule = RULES["start"](tiny_tokenizer)
+    assert [rule.first_token_score(t) for t in [" I", "I", " Okay", " Sure", "(", " 7", ""]] == \
+        [-3.0, -3.0, 10.0, 1.0, -1.0, 0.0, 0.0]
+    vocab = len(tiny_tokenizer)
+    r = rule.scores(step([0, 1, 2, 3], vocab=vocab), vocab)
+    bang, newline = resolve_token_strings(tiny_tokenizer, ["!", "\n"]).values()
+    assert r[0].tolist() == pytest.approx((5 * rule.first).tolist())
+    assert r[1, bang].tolist() == [15.0] * len(bang) and r[1].abs().sum() == 15.0 * len(bang)
+    assert r[2, newline].tolist() == [-10.0] * len(newline) and r[2].abs().sum() == 10.0 * len(newline)
+    assert not r[3].any()
+
+
+class Spy(Rule):
+    """Records what the head passes to rules at every step of a real `generate`."""
+
+    weight = 0.0
+
+    def __init__(self, tokenizer=None, **_):
+        self.calls = []
+
+    def scores(self, step, vocab_size):
+        self.calls.append((step.input_ids.clone(), step.generated.clone(), step.present.clone()))
+        return torch.zeros(len(step.generated), vocab_size)
+
+
+def test_per_row_state_in_a_ragged_left_padded_kv_cached_batch(tiny_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from rt_lab.generate import encode_prompt, generate_batch, generation_config
+    from rt_lab.templates import TagTemplate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto")
+               for text in ["Hi", "Write a long and winding sentence about rivers and the sea.", "Why?"]]
+    spy = Spy()
+    config = generation_config(OmegaConf.create({"max_new_tokens": 12, "do_sample": False, "temperature": 1.0,
+                                                 "top_p": 1.0}), tiny_tokenizer)
+    generate_batch(model, tiny_tokenizer, prompts, config, [spy])
+    width = max(len(p.ids) for p in prompts)
+    assert [c[1].tolist() for c in spy.calls] == [[t] * 3 for t in range(len(spy.calls))]
+    for input_ids, generated, present in spy.calls:
+        for row, prompt in enumerate(prompts):
+            scope_start = width - len(prompt.ids) + prompt.instruction_start
+            expected = set(input_ids[row, scope_start:].tolist())
+            assert set(present[row].nonzero().flatten().tolist()) == expected
+    assert tiny_tokenizer.decode(prompts[0].ids[prompts[0].instruction_start:]) == "Hi\n<|assistant|>\n"
+
+
+def test_generation_with_all_rules_off_is_unchanged(tiny_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from rt_lab.generate import encode_prompt, generate_batch, generation_config
+    from rt_lab.templates import TagTemplate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in ["Hi", "Tell me a story."]]
+    config = generation_config(OmegaConf.create({"max_new_tokens": 20, "do_sample": False, "temperature": 1.0,
+                                                 "top_p": 1.0}), tiny_tokenizer)
+    plain = generate_batch(model, tiny_tokenizer, prompts, config)
+    spy = Spy()  # a head whose rules add nothing: r = 0, log_softmax(r) is a constant
+    assert generate_batch(model, tiny_tokenizer, prompts, config, [spy]) == plain
+    assert spy.calls
+    with_rules = generate_batch(model, tiny_tokenizer, prompts, config,
+                                build_rules(paper_rules_cfg("eos_ramp", "uniform", "diversity"), tiny_tokenizer))
+    assert with_rules != plain
+
+
+def test_a_rule_can_be_added_in_a_few_lines(tiny_tokenizer):
+    @register_rule("ban_eos_test")
+    class BanEos(Rule):
+        def __init__(self, tokenizer, weight=1.0):
+            self.weight, self.eos = weight, tokenizer.eos_token_id
+
+        def scores(self, step, vocab_size):
+            r = torch.zeros(len(step.generated), vocab_size)
+            r[:, self.eos] = -math.inf
+            return r
+
+    try:
+        (rule,) = build_rules(OmegaConf.create({"enabled": ["ban_eos_test"]}), tiny_tokenizer)
+        out = RuleHead([rule], torch.tensor([0]), torch.tensor([0]))(torch.tensor([[1]]), torch.zeros(1, len(tiny_tokenizer)))
+        assert out[0, tiny_tokenizer.eos_token_id] == -math.inf
+    finally:
+        RULES.pop("ban_eos_test")
