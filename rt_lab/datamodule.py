@@ -119,7 +119,8 @@ class InstructionDataModule(L.LightningDataModule):
         self.bos = bos
         self.max_length = max_length
         self.packing = packing
-        self.pack_length = pack_length or max_length
+        # By default a packed micro-batch holds as many tokens as the largest padded one would.
+        self.pack_length = pack_length or micro_batch_size * max_length
         if self.pack_length < max_length:
             raise ValueError(f"data.pack_length={self.pack_length} is shorter than data.max_length={max_length}")
         self.batch_size = batch_size

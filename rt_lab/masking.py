@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from rt_lab.rows import Row
@@ -46,6 +47,11 @@ def wants_bos(tokenizer: Any, bos: str, text: str) -> bool:
         if tokenizer.bos_token_id is None:
             raise ValueError(f"model.bos=always but tokenizer {tokenizer.name_or_path!r} has no bos_token")
         return True
+    return tokenizer_adds_bos(tokenizer)
+
+
+@lru_cache(maxsize=16)
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
     if tokenizer.bos_token_id is None:
         return False
     return tokenizer("x", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]

@@ -21,13 +21,18 @@ log = logging.getLogger(__name__)
 
 
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token cross-entropies over supervised labels, number of supervised labels)."""
+    """(sum of next-token cross-entropies over supervised labels, number of supervised labels).
+
+    Logits are computed only at positions whose next token carries loss (`logits_to_keep`), which skips the
+    vocabulary projection for prompts and padding."""
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+    targets = batch["labels"][:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    targets = targets[:, keep]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
-    return loss, (labels != IGNORE).sum()
+    return loss, (targets != IGNORE).sum()
 
 
 class CausalLMModule(L.LightningModule):

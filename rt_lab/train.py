@@ -29,13 +29,15 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
                        logger=list(loggers) or False)
 
 
-def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionDataModule:
+def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementation: str | None) -> InstructionDataModule:
+    """The training data of a composed config; `attn_implementation` is the loaded model's (it decides the
+    packed attention mask)."""
     return InstructionDataModule(
         dataset=cfg.dataset, method=cfg.method, template=template, tokenizer=tokenizer, bos=cfg.model.bos,
         max_length=cfg.data.max_length, packing=cfg.data.packing, pack_length=cfg.data.get("pack_length"),
         batch_size=cfg.trainer.batch_size, micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed,
         shuffle=cfg.data.shuffle, data_dir=cfg.paths.data_dir,
-        attn_implementation=cfg.model.get("attn_implementation"),
+        attn_implementation=attn_implementation,
     )
 
 
@@ -43,7 +45,7 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
           callbacks: Sequence[Any] = ()) -> Any:
     """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model."""
     model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
-    data = build_datamodule(cfg, tokenizer, template)
+    data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
                             cfg.trainer.max_grad_norm)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)

@@ -51,7 +51,7 @@ def test_discovery_finds_every_group():
     groups = {group for group, _ in OPTIONS}
     # new groups are welcome, none may vanish
     assert {"adapter", "data", "dataset", "debug", "generation", "logger", "method", "model", "paths", "prompts",
-            "template", "trainer"} <= groups
+            "rules", "template", "trainer"} <= groups
     assert ("model", "_hub") not in OPTIONS
     assert len(OPTIONS) >= 45
 
@@ -153,6 +153,7 @@ METHODS = {  # name: (train, user_turns, loss_on, requires_single_task)
     "it": (True, "keep", "assistant", False),
     "rt": (True, "blank", "assistant", False),
     "single_task": (True, "keep", "assistant", True),
+    "rules": (False, "keep", "assistant", False),
 }
 
 
@@ -167,6 +168,7 @@ def check_method(cfg: DictConfig, option: str) -> None:
     assert isinstance(method.train, bool) and isinstance(method.requires_single_task, bool)
     if option in METHODS:
         assert (method.train, method.user_turns, method.loss_on, method.requires_single_task) == METHODS[option]
+    assert list(cfg.rules.enabled) == (["eos_ramp", "uniform", "diversity"] if option == "rules" else [])
 
 
 def check_model(cfg: DictConfig, option: str) -> None:
@@ -281,7 +283,8 @@ def test_every_option_composes(compose, monkeypatch, group, option):
     for key in cfg:
         if key != "hydra" and isinstance(cfg[key], DictConfig):
             OmegaConf.to_container(cfg[key], resolve=True)
-    assert cfg.run.name == f"{cfg.model.name}-{cfg.method.name}-{cfg.dataset.name}-seed{cfg.trainer.seed}"
+    rules = f"[{','.join(cfg.rules.enabled)}]" if cfg.rules.enabled else ""
+    assert cfg.run.name == f"{cfg.model.name}-{cfg.method.name}{rules}-{cfg.dataset.name}-seed{cfg.trainer.seed}"
     check = CHECKS.get(group)
     if check is None:  # a group added after these tests: it must at least compose to something
         assert cfg.get(group) is not None
