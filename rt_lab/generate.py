@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +23,9 @@ from rt_lab.rules import Rule, RuleHead
 from rt_lab.templates import Template
 
 log = logging.getLogger(__name__)
+
+# Answers one batch of encoded prompts: the one thing a generation backend provides.
+BatchGenerator = Callable[[Sequence["EncodedPrompt"]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,9 @@ def generation_config(cfg: Any, tokenizer: Any) -> Any:
     from transformers import GenerationConfig
 
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
-    return GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, use_cache=True,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+    return GenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.get("min_new_tokens"),
+                            do_sample=cfg.do_sample, use_cache=True, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **sampling)
 
 
 @torch.inference_mode()
@@ -86,24 +90,29 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
 
 
-def generate_outputs(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Prompt], cfg: Any,
-                     bos: str, generator: str, out_dir: Path, rules: Sequence[Rule] = ()) -> Path:
+def hf_batch_generator(model: Any, tokenizer: Any, cfg: Any, rules: Sequence[Rule] = ()) -> BatchGenerator:
+    """In-process generation with transformers (the default `generation.backend=hf`)."""
+    config = generation_config(cfg, tokenizer)
+    model.eval()
+    return lambda batch: generate_batch(model, tokenizer, batch, config, rules)
+
+
+def generate_outputs(answer: BatchGenerator, tokenizer: Any, template: Template, prompts: Sequence[Prompt],
+                     batch_size: int, bos: str, generator: str, out_dir: Path) -> Path:
     """Answer every prompt and write `model_outputs.json` (AlpacaEval format) in `out_dir`."""
     encoded = {p.id: encode_prompt(p.instruction, template, tokenizer, bos) for p in prompts}
     ordered = sorted(prompts, key=lambda p: (-len(encoded[p.id].ids), p.id))
-    plan = [ordered[i:i + cfg.batch_size] for i in range(0, len(ordered), cfg.batch_size)]
+    plan = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
     partial = out_dir / "generations.jsonl"
     outputs = answered(partial)
     todo = [batch for batch in plan if not all(p.id in outputs for p in batch)]
     if len(todo) < len(plan):
         log.info("resuming generation: %d of %d batches already answered", len(plan) - len(todo), len(plan))
-    config = generation_config(cfg, tokenizer)
-    model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     with partial.open("a", encoding="utf-8") as sink, \
             tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generating", unit="batch") as progress:
         for batch in todo:
-            texts = generate_batch(model, tokenizer, [encoded[p.id] for p in batch], config, rules)
+            texts = answer([encoded[p.id] for p in batch])
             for prompt, text in zip(batch, texts):
                 outputs[prompt.id] = text
                 sink.write(json.dumps({"id": prompt.id, "output": text}, ensure_ascii=False) + "\n")

@@ -222,3 +222,19 @@ class RuleHead(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         r = self.rule_scores(input_ids, scores.shape[-1])
         return torch.log_softmax(scores.float(), dim=-1) + torch.log_softmax(r, dim=-1)
+
+
+class RequestRuleHead:
+    """The rule head for one request given as token-id lists, for engines that call a logits processor per
+    request with (prompt ids, generated ids, logits) such as vLLM. Keeps its token set across calls."""
+
+    def __init__(self, rules: Sequence[Rule], instruction_start: int) -> None:
+        self.rules = rules
+        self.instruction_start = instruction_start
+        self.head: RuleHead | None = None
+
+    def __call__(self, prompt_ids: Sequence[int], output_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            self.head = RuleHead(self.rules, torch.tensor([len(prompt_ids)]), torch.tensor([self.instruction_start]))
+        ids = torch.tensor([list(prompt_ids) + list(output_ids)], device=logits.device)
+        return self.head(ids, logits[None])[0].to(logits.dtype)

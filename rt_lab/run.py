@@ -5,17 +5,19 @@ Each finished stage leaves a marker in the run dir, so a rerun in the same dir s
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rt_lab.adapters import quantization_config
 from rt_lab.export import attach_adapter, export_model, is_adapter_folder
-from rt_lab.generate import generate_outputs
+from rt_lab.generate import BatchGenerator, generate_outputs, hf_batch_generator
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.prompts import load_prompts
@@ -25,6 +27,7 @@ from rt_lab.train import train
 log = logging.getLogger(__name__)
 
 TRAINED = "trained.done"
+BACKENDS = ("hf", "vllm")
 
 
 def build_loggers(cfg: Any) -> list[Any]:
@@ -35,22 +38,36 @@ def build_loggers(cfg: Any) -> list[Any]:
     return loggers
 
 
-def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) -> Any:
-    """The model to generate with: trained now, reloaded from this run's export, or the untrained base."""
+def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) -> tuple[Any, Path]:
+    """(the trained model, its export folder): trained now, or reloaded when this run dir already finished."""
     export_dir = run_dir / "model"
-    quantization = quantization_config(cfg.adapter) if cfg.method.train else None
+    quantization = quantization_config(cfg.adapter)
     base_path = resolve_path(cfg.model, cfg.paths.cache_dir)
-    if not cfg.method.train:
-        return load_model(cfg.model, base_path)
     if (run_dir / TRAINED).is_file():
         log.info("training already finished; loading %s", export_dir)
         if is_adapter_folder(export_dir):
-            return attach_adapter(load_model(cfg.model, base_path, quantization), export_dir)
-        return load_model(cfg.model, str(export_dir))
+            return attach_adapter(load_model(cfg.model, base_path, quantization), export_dir), export_dir
+        return load_model(cfg.model, str(export_dir)), export_dir
     model = train(cfg, load_model(cfg.model, base_path, quantization), tokenizer, template, run_dir, loggers)
     export_model(model, tokenizer, export_dir, merge=cfg.adapter.get("merge_on_export", True))
     (run_dir / TRAINED).touch()
-    return model
+    return model, export_dir
+
+
+def batch_generator(cfg: Any, tokenizer: Any, model: Any, model_path: str | Path) -> BatchGenerator:
+    backend = cfg.generation.get("backend", "hf")
+    if backend not in BACKENDS:
+        raise ValueError(f"generation.backend={backend!r}; expected one of {BACKENDS}")
+    if backend == "vllm":
+        from rt_lab.vllm_backend import vllm_batch_generator
+
+        del model  # vLLM loads its own copy; free the trainer's
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return vllm_batch_generator(model_path, cfg.generation, cfg.rules)
+    model = model if model is not None else load_model(cfg.model, str(model_path))
+    return hf_batch_generator(model, tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
 
 
 def run(cfg: Any) -> Path:
@@ -58,14 +75,19 @@ def run(cfg: Any) -> Path:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, workers=True)
-    tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir))
+    base_path = resolve_path(cfg.model, cfg.paths.cache_dir)
+    tokenizer = load_tokenizer(cfg.model, base_path)
     template = instantiate(cfg.template)
     prompts = load_prompts(cfg.prompts, cfg.paths.data_dir)  # fail on a bad prompt file before training
     loggers = build_loggers(cfg)
     try:
-        model = trained_model(cfg, tokenizer, template, run_dir, loggers)
-        outputs = generate_outputs(model, tokenizer, template, prompts, cfg.generation, cfg.model.bos,
-                                   cfg.run.name, run_dir, build_rules(cfg.rules, tokenizer))
+        if cfg.method.train:
+            model, model_path = trained_model(cfg, tokenizer, template, run_dir, loggers)
+        else:
+            model, model_path = None, base_path
+        answer = batch_generator(cfg, tokenizer, model, model_path)
+        outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
+                                   cfg.run.name, run_dir)
     finally:
         finish_wandb()
     log.info("outputs: %s", outputs)

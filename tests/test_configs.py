@@ -124,10 +124,18 @@ def check_debug(cfg: DictConfig, option: str) -> None:
 
 
 def check_generation(cfg: DictConfig, option: str) -> None:
-    assert cfg.generation.max_new_tokens == 256
-    assert cfg.generation.do_sample is False
-    assert cfg.generation.batch_size == 8
-    assert (cfg.generation.temperature, cfg.generation.top_p) == (1.0, 1.0)
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from rt_lab.generate import generation_config
+    from rt_lab.run import BACKENDS
+
+    assert cfg.generation.backend in BACKENDS
+    assert cfg.generation.do_sample is False  # greedy by default, as both papers decode
+    vocab = models.WordLevel({"<eos>": 0, "<unk>": 1}, unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocab), eos_token="<eos>", pad_token="<eos>")
+    config = generation_config(cfg.generation, tokenizer)
+    assert (config.do_sample, config.use_cache, config.max_new_tokens) == (False, True, cfg.generation.max_new_tokens)
 
 
 def check_logger(cfg: DictConfig, option: str) -> None:

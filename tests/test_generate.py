@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from rt_lab.generate import generate_outputs
+from rt_lab.generate import generate_outputs, hf_batch_generator
 from rt_lab.prompts import load_prompts
 from rt_lab.templates import TagTemplate
 
@@ -23,7 +23,9 @@ def prompts():
 
 
 def run(model, tokenizer, prompts, out_dir):
-    return generate_outputs(model, tokenizer, TagTemplate(), prompts, GENERATION, "auto", "tiny-test", out_dir)
+    answer = hf_batch_generator(model, tokenizer, GENERATION)
+    return generate_outputs(answer, tokenizer, TagTemplate(), prompts, GENERATION.batch_size, "auto", "tiny-test",
+                            out_dir)
 
 
 def test_outputs_are_alpaca_eval_records_in_prompt_order(tiny_path, tiny_tokenizer, prompts, tmp_path):
@@ -56,3 +58,14 @@ def test_a_corrupt_line_before_the_end_is_an_error(tiny_path, tiny_tokenizer, pr
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     with pytest.raises(ValueError, match="generations.jsonl: line 2 is not JSON"):
         run(model, tiny_tokenizer, prompts, tmp_path)
+
+
+def test_vllm_backend_without_vllm_says_how_to_get_it():
+    pytest.importorskip("omegaconf")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install vllm"):
+            import rt_lab.vllm_backend  # noqa: F401
+    else:
+        pytest.skip("vLLM is installed here")

@@ -204,3 +204,30 @@ def test_a_rule_can_be_added_in_a_few_lines(tiny_tokenizer):
         assert out[0, tiny_tokenizer.eos_token_id] == -math.inf
     finally:
         RULES.pop("ban_eos_test")
+
+
+def test_request_head_matches_the_batch_head_at_every_step(tiny_path, tiny_tokenizer):
+    """The per-request form (vLLM's logits-processor adapter) scores exactly as the batched head."""
+    from transformers import AutoModelForCausalLM
+
+    from rt_lab.generate import encode_prompt, generate_batch, generation_config
+    from rt_lab.rules import RequestRuleHead
+    from rt_lab.templates import TagTemplate
+
+    rules = build_rules(paper_rules_cfg("eos_ramp", "uniform", "diversity"), tiny_tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in ["Hi", "Tell me a long story."]]
+    spy = Spy()
+    generate_batch(model, tiny_tokenizer, prompts, generation_config(OmegaConf.create(
+        {"max_new_tokens": 8, "do_sample": False, "temperature": 1.0, "top_p": 1.0}), tiny_tokenizer), rules + [spy])
+    width = max(len(p.ids) for p in prompts)
+    heads = [RequestRuleHead(rules, p.instruction_start) for p in prompts]
+    batch_head = RuleHead(rules, torch.full((2,), width),
+                          torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts]))
+    for input_ids, _, _ in spy.calls:
+        logits = torch.randn(2, len(tiny_tokenizer))
+        batched = batch_head(input_ids, logits)
+        for row, prompt in enumerate(prompts):
+            output_ids = input_ids[row, width:].tolist()
+            single = heads[row](prompt.ids, output_ids, logits[row])
+            torch.testing.assert_close(single, batched[row])
