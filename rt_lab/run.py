@@ -27,6 +27,7 @@ from rt_lab.train import train
 log = logging.getLogger(__name__)
 
 TRAINED = "trained.done"
+DONE = "run.done"  # the whole job finished; resumed sweeps do not launch it again
 BACKENDS = ("hf", "vllm")
 
 
@@ -73,6 +74,9 @@ def batch_generator(cfg: Any, tokenizer: Any, model: Any, model_path: str | Path
 def run(cfg: Any) -> Path:
     """Run the configured job in `cfg.paths.run_dir`; returns the path of `model_outputs.json`."""
     run_dir = Path(cfg.paths.run_dir)
+    if (run_dir / DONE).is_file():
+        log.info("%s is complete; nothing to do", run_dir)
+        return run_dir / "model_outputs.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, workers=True)
     base_path = resolve_path(cfg.model, cfg.paths.cache_dir)
@@ -90,5 +94,6 @@ def run(cfg: Any) -> Path:
                                    cfg.run.name, run_dir)
     finally:
         finish_wandb()
+    (run_dir / DONE).touch()
     log.info("outputs: %s", outputs)
     return outputs

@@ -10,10 +10,12 @@ from typing import Any, Sequence
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from rt_lab.adapters import apply_adapter
 from rt_lab.datamodule import InstructionDataModule
 from rt_lab.module import CausalLMModule
+from rt_lab.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,11 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
-    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, *callbacks],
-                       logger=list(loggers) or False)
+    guard = PreemptionGuard(run_dir / "checkpoints" / "last.ckpt")
+    # Under SLURM, submitit owns the requeue signal; Lightning's own auto-requeue would fight it.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, guard, *callbacks],
+                       logger=list(loggers) or False, plugins=plugins)
 
 
 def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementation: str | None) -> InstructionDataModule:

@@ -1,0 +1,101 @@
+"""rt_lab's Hydra launchers: `sequential` (the default), and `slurm`, `slurm_ddp`, `local` on top of
+hydra-submitit-launcher.
+
+They make sweeps resumable: a job whose run dir holds the completion marker is not launched again, and
+`dry_run=true` prints the job list without launching anything. The local launcher runs jobs in waves of
+`max_parallel`, each with `cpus_per_task` threads: oversubscribed CPU threads slow every job down many times."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.utils import JobReturn, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as SubmititLocal
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurm
+from omegaconf import open_dict
+
+from rt_lab.run import DONE
+
+Job = tuple[int, list[str]]  # (job number, overrides)
+
+
+def consecutive_runs(jobs: Sequence[Job]) -> Iterator[list[Job]]:
+    """Split jobs into runs of consecutive job numbers (the base launcher numbers a batch from one start)."""
+    run: list[Job] = []
+    for job in jobs:
+        if run and job[0] != run[-1][0] + 1:
+            yield run
+            run = []
+        run.append(job)
+    if run:
+        yield run
+
+
+class ResumableSweep:
+    """Mixin for a submitit launcher: plan the sweep, skip finished jobs, or only print the plan."""
+
+    def __init__(self, dry_run: bool = False, **params: Any) -> None:
+        self.dry_run = dry_run
+        super().__init__(**params)
+
+    def job_dir(self, overrides: Sequence[str], number: int) -> Path:
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = number
+        return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+    def plan(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Job]:
+        todo: list[Job] = []
+        lines = []
+        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+            finished = (self.job_dir(overrides, number) / DONE).is_file()
+            if not finished:
+                todo.append((number, list(overrides)))
+            lines.append(f"  #{number} [{'done' if finished else 'todo'}] {' '.join(filter_overrides(overrides))}")
+        done = len(job_overrides) - len(todo)
+        print(f"sweep {self.config.hydra.sweep.dir}: {len(job_overrides)} jobs, {done} done, {len(todo)} to run"
+              + (" (dry run: nothing launched)" if self.dry_run else ""), *lines, sep="\n", flush=True)
+        return todo
+
+    def wave_size(self) -> int | None:
+        return None  # everything at once
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        todo = self.plan(job_overrides, initial_job_idx)
+        if self.dry_run:
+            return []
+        size = self.wave_size() or max(len(todo), 1)
+        results: list[JobReturn] = []
+        for start in range(0, len(todo), size):
+            for run in consecutive_runs(todo[start:start + size]):
+                results.extend(super().launch([overrides for _, overrides in run], run[0][0]))
+        return results
+
+
+class SlurmLauncher(ResumableSweep, SubmititSlurm):
+    """Unfinished jobs as SLURM arrays (`array_parallelism` caps how many run at once)."""
+
+
+class LocalLauncher(ResumableSweep, SubmititLocal):
+    """Jobs as local subprocesses, `max_parallel` at a time (default: cores / cpus_per_task)."""
+
+    def __init__(self, max_parallel: int | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        self.max_parallel = max_parallel or max(1, (os.cpu_count() or 1) // (self.params.get("cpus_per_task") or 1))
+
+    def wave_size(self) -> int:
+        return self.max_parallel
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        if self.params.get("cpus_per_task"):
+            import torch
+
+            torch.set_num_threads(self.params["cpus_per_task"])
+        return super().__call__(*args, **kwargs)
+
+
+class SequentialLauncher(ResumableSweep, BasicLauncher):
+    """Hydra's basic launcher (jobs one after another in this process), resumable. The default."""

@@ -1,0 +1,34 @@
+"""A sweeper for paired (zipped) values: the cartesian product of `params` (and command-line sweeps) times a
+list of `paired` arms, each arm a list of overrides that go together (e.g. a method with its epoch count, a
+model with its learning rate), so paper grids need no cartesian explosion."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+
+
+class PairedSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
+                 paired: Sequence[Sequence[str]] | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.paired = [list(arm) for arm in (paired or [])]
+
+    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+        if self.paired:
+            swept = {override.get_key_element() for override in overrides}
+            for arm in self.paired:
+                clash = swept & {item.split("=", 1)[0].lstrip("+~") for item in arm}
+                if clash:
+                    raise HydraException(f"hydra.sweeper.paired arm {arm} sets {sorted(clash)}, which params or the "
+                                         "command line already sweep or set")
+            jobs = [job + arm for job in jobs for arm in self.paired]
+        if max_batch_size is None:
+            return [jobs]
+        return [list(chunk) for chunk in BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size)]
+
+

@@ -1,0 +1,64 @@
+"""Preemption under submitit: its checkpoint-and-requeue signal is held until the running optimizer step ends,
+`last.ckpt` is saved, and only then handed to submitit, which requeues the job and exits. The requeued job
+reruns in the same dir and resumes from that checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+
+def submitit_signal() -> signal.Signals | None:
+    """The signal submitit's job handler listens to, when this process is a submitit job."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+class PreemptionGuard(L.Callback):
+    """Install while training: a preemption signal mid-step is answered at the step's end."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+        self.signum = submitit_signal()
+        self.original: Callable[..., Any] | None = None
+        self.pending: tuple[int, FrameType | None] | None = None
+        self.trainer: L.Trainer | None = None
+
+    def _defer(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("preemption signal %s: checkpointing at the end of this optimizer step", signum)
+        self.pending = (signum, frame)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signum is not None and trainer.is_global_zero:
+            self.original = signal.getsignal(self.signum)
+            signal.signal(self.signum, self._defer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.pending is None:
+            return
+        staging = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
+        trainer.save_checkpoint(staging)
+        os.replace(staging, self.checkpoint)
+        log.warning("saved %s at step %d; handing over to submitit to requeue", self.checkpoint, trainer.global_step)
+        self._hand_over()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hand_over()  # a signal after the last step: the checkpoint on disk is final
+        if self.original is not None:
+            signal.signal(self.signum, self.original)
+
+    def _hand_over(self) -> None:
+        if self.pending is not None and callable(self.original):
+            signum, frame = self.pending
+            self.pending = None
+            self.original(signum, frame)

@@ -1,0 +1,77 @@
+"""Sweeps: every preset in sweeps/ expands to the job count its header declares, and re-launching a sweep in
+the same dir runs only the jobs that have not finished."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
+FAST = ["model=tiny", "logger=csv", "trainer.batch_size=4", "trainer.micro_batch_size=2", "data.max_length=128",
+        "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
+
+
+def launch(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RT_LAB_OUTPUT_DIR=str(cwd / "outputs"))
+    result = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_dry_run_lists_the_declared_jobs(preset, tmp_path):
+    declared = re.search(r"^# jobs: (\d+)$", preset.read_text(), re.MULTILINE)
+    assert declared, f"{preset.name}: header needs a '# jobs: N' line"
+    header = preset.read_text().split("\n# jobs:")[0]
+    assert "GPU-hours" in header or "CPU-minutes" in header, f"{preset.name}: header needs a cost estimate"
+    out = launch(["-m", f"sweeps={preset.stem}", "hydra.launcher.dry_run=true",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    jobs = int(declared.group(1))
+    assert f": {jobs} jobs, 0 done, {jobs} to run (dry run: nothing launched)" in out
+    assert len(re.findall(r"^  #\d+ \[todo\]", out, re.MULTILINE)) == jobs
+    assert not [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]  # no job ran
+
+
+def test_relaunching_a_sweep_runs_only_unfinished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = ["-m", "method=rt,it", f"hydra.sweep.dir={sweep}", *FAST]
+    first = launch(command, tmp_path)
+    assert "2 jobs, 0 done, 2 to run" in first
+    stamps = {job: (sweep / job / "model_outputs.json").stat().st_mtime_ns for job in "01"}
+    assert "2 jobs, 2 done, 0 to run" in launch(command, tmp_path)
+    (sweep / "1" / "run.done").unlink()
+    (sweep / "1" / "model_outputs.json").unlink()
+    third = launch(command, tmp_path)
+    assert "2 jobs, 1 done, 1 to run" in third and "#1 [todo]" in third
+    assert (sweep / "0" / "model_outputs.json").stat().st_mtime_ns == stamps["0"]
+    assert (sweep / "1" / "model_outputs.json").is_file()
+
+
+def test_paired_values_are_zipped_not_crossed(tmp_path):
+    out = launch(["-m", "model=tiny", "trainer.seed=1,2",
+                  'hydra.sweeper.paired=[["method=rt","trainer.lightning.max_epochs=5"],'
+                  '["method=it","trainer.lightning.max_epochs=15"]]',
+                  "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    jobs = re.findall(r"\[todo\] (.*)$", out, re.MULTILINE)
+    assert jobs == [
+        "model=tiny trainer.seed=1 method=rt trainer.lightning.max_epochs=5",
+        "model=tiny trainer.seed=1 method=it trainer.lightning.max_epochs=15",
+        "model=tiny trainer.seed=2 method=rt trainer.lightning.max_epochs=5",
+        "model=tiny trainer.seed=2 method=it trainer.lightning.max_epochs=15",
+    ]
+
+
+def test_a_paired_arm_may_not_repeat_a_swept_key(tmp_path):
+    env = dict(os.environ, RT_LAB_OUTPUT_DIR=str(tmp_path / "outputs"))
+    result = subprocess.run([sys.executable, str(REPO / "launch.py"), "-m", "method=rt,it",
+                             'hydra.sweeper.paired=[["method=full"]]', "hydra.launcher.dry_run=true"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "sets ['method']" in result.stderr
