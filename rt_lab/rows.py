@@ -23,10 +23,6 @@ class Row:
     id: str
     messages: tuple[Message, ...]
 
-    @property
-    def first_instruction(self) -> str:
-        return next((m.content for m in self.messages if m.role == "user"), "")
-
 
 def make_row(row_id: Any, messages: Any, where: str) -> Row:
     """Validate and build a Row; `where` ("file.jsonl line 7") is put in every error."""

@@ -141,7 +141,7 @@ def test_chat_template_supervises_the_assistant_turn_and_its_end(smollm2_tokeniz
 
 
 def test_truncation_drops_rows_with_nothing_left_and_refuses_an_empty_set(tiny_tokenizer, caplog):
-    prompt_tokens = len(tokenize(TAGS.prompt(SINGLE.first_instruction, tiny_tokenizer), tiny_tokenizer, "auto")[0])
+    prompt_tokens = len(tokenize(TAGS.prompt(SINGLE.messages[0].content, tiny_tokenizer), tiny_tokenizer, "auto")[0])
     assert encode(SINGLE, "it", tiny_tokenizer, max_length=prompt_tokens) is None
     cut = encode(SINGLE, "it", tiny_tokenizer, max_length=prompt_tokens + 2)
     assert len(cut.input_ids) == prompt_tokens + 2 and cut.num_supervised == 2
