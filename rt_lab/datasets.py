@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import logging
+import random
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -197,8 +199,24 @@ def selected(records: Records, select: Any, source: str, stats: LoadStats) -> It
         yield index, record
 
 
+def refusal_rows(cfg: Any, count: int, data_dir: str | None) -> list[Row]:
+    """An et al.'s refusal mix: the safety examples whose answer matches `keep_if_output_matches` (case-folded),
+    in a `random.seed(seed)` shuffle, first `count` — the order their code draws them in."""
+    source, reader, format_name = resolve_source(cfg, data_dir, kind="dataset.refusals")
+    stats = LoadStats()
+    pattern = re.compile(cfg.keep_if_output_matches)
+    pool = [row for row in FORMATS[format_name](reader(), source, stats)
+            if pattern.search(row.messages[-1].content.strip().lower())]
+    if count > len(pool):
+        raise ValueError(f"dataset.refusal_mix={count}, but {source} has only {len(pool)} matching refusals")
+    order = list(range(len(pool)))
+    random.Random(cfg.seed).shuffle(order)
+    return [Row(f"refusal-{i}", pool[i].messages) for i in order[:count]]
+
+
 def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
-    """Load a dataset config into validated rows, applying its selection, `limit` and `max_messages`."""
+    """Load a dataset config into validated rows, applying its selection, `limit`, `max_messages` and
+    `refusal_mix`."""
     source, reader, format_name = resolve_source(cfg, data_dir)
     if format_name not in FORMATS:
         raise KeyError(f"dataset {cfg.name}: unknown format {format_name!r}; registered: {sorted(FORMATS)}")
@@ -217,4 +235,8 @@ def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
     log.info("dataset %s from %s: kept %d rows; left out %s", cfg.name, source, stats.kept, stats.left_out or "none")
     if not rows:
         raise ValueError(f"dataset {cfg.name}: no rows loaded from {source}")
+    if cfg.get("refusal_mix"):
+        refusals = refusal_rows(cfg.refusals, cfg.refusal_mix, data_dir)
+        log.info("dataset %s: mixed in %d refusals", cfg.name, len(refusals))
+        rows.extend(refusals)
     return rows

@@ -108,7 +108,8 @@ def check_dataset(cfg: DictConfig, option: str) -> None:
     assert named_formats, f"dataset={option} names no format"
     assert set(named_formats) <= set(FORMATS), f"unregistered format in {named_formats}"
     assert dataset.get("file") or dataset.get("mirror") or dataset.get("hub"), "no source at all"
-    assert dataset.get("max_messages") is None
+    assert dataset.get("max_messages") == (2 if option == "lima_an" else None)
+    assert dataset.refusal_mix == 0 and dataset.refusals.mirror.file.endswith("safety_only_data_Instructions.json")
 
 
 def check_debug(cfg: DictConfig, option: str) -> None:

@@ -400,3 +400,29 @@ def test_single_task_gsm8k_sets_up(compose, tiny_tokenizer):
 def test_other_methods_take_any_dataset(compose, tiny_tokenizer):
     cfg = compose(["method=it", "dataset=sample", "model=tiny"])
     assert make_datamodule(cfg, tiny_tokenizer).dataset_cfg.name == "sample"
+
+
+@needs_shared_data
+def test_refusal_mix_reproduces_an_et_al_draw(compose):
+    """The N refusals mixed in are exactly the ones An et al.'s recipe draws (the shared reference files)."""
+    base = load_rows(compose(["dataset=lima_an"]).dataset, data_dir=str(SHARED_DATA))
+    for count in (100, 500):
+        rows = load_rows(compose(["dataset=lima_an", f"dataset.refusal_mix={count}"]).dataset,
+                         data_dir=str(SHARED_DATA))
+        assert len(rows) == len(base) + count and rows[:len(base)] == base
+        reference = [json.loads(line) for line in
+                     (SHARED_DATA / "an_rt" / "refusal_data" / f"refusal_mix_{count}.jsonl").read_text().splitlines()]
+        mixed = rows[len(base):]
+        assert [(r.messages[0].content, r.messages[1].content) for r in mixed] == \
+            [(ref["prompt"], ref["completion"]) for ref in reference]
+
+
+def test_refusal_mix_larger_than_the_pool_is_refused(compose, tmp_path):
+    refusals = tmp_path / "refusals.json"
+    refusals.write_text(json.dumps([{"instruction": "Do harm.", "input": "", "output": "Sorry, I can't."},
+                                    {"instruction": "Hi", "input": "", "output": "Hello!"}]))
+    cfg = compose(["dataset=sample", "dataset.refusal_mix=2", f"dataset.refusals.file={refusals}"]).dataset
+    with pytest.raises(ValueError, match="has only 1 matching refusals"):
+        load_rows(cfg)
+    cfg = compose(["dataset=sample", "dataset.refusal_mix=1", f"dataset.refusals.file={refusals}"]).dataset
+    assert load_rows(cfg)[-1].messages[1].content == "Sorry, I can't."

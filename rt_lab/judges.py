@@ -1,0 +1,326 @@
+"""Pairwise judges for AlpacaEval-style win rates, with a resumable on-disk judgment cache.
+
+A judge reads an instruction and two outputs and gives the probability that the second is better.
+`judge_pairs` compares each model output with its reference (AlpacaEval's output_1 = reference, output_2 = model),
+in both orders when the judge asks for it, and returns preferences p = 1 + P(model wins) for
+`rt_lab.winrate.summarize`. Add a judge with `@register_judge("name")` on a `Judge` subclass taking its config
+keys as keyword arguments; `build_judge(cfg)` builds the one `cfg.name` names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rt_lab.winrate import DRAW
+
+log = logging.getLogger(__name__)
+
+JUDGES: dict[str, Callable[..., "Judge"]] = {}
+
+
+def register_judge(name: str) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        JUDGES[name] = cls
+        return cls
+
+    return decorator
+
+
+class JudgeError(RuntimeError):
+    """The judging run cannot go on (configuration, authentication, spend cap); judged pairs stay cached."""
+
+
+class SpendCapExceeded(JudgeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judge call: P(the second output is better), or why there is none."""
+
+    p_second: float | None
+    reason: str | None = None
+    # False for transport failures (server down after every retry): not cached, so a rerun asks again;
+    # a malformed reply is an answer (temperature 0) and is cached like any other.
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """One (reference, model output) pair: the AlpacaEval preference, or None and why."""
+
+    preference: float | None
+    reason: str | None = None
+
+
+class Judge:
+    both_orders: bool = True
+    max_concurrency: int = 1
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the judge's answer; part of every cache key."""
+        raise NotImplementedError
+
+    def compare(self, instruction: str, first: str, second: str) -> Verdict:
+        raise NotImplementedError
+
+
+def build_judge(cfg: Any) -> Judge:
+    """The judge a `judge/` config names (`name`), built from its other keys."""
+    options = dict(cfg)
+    name = options.pop("name", None)
+    if name not in JUDGES:
+        raise KeyError(f"judge.name={name!r} is not a registered judge; registered: {sorted(JUDGES)}")
+    return JUDGES[name](**options)
+
+
+# --- the OpenAI-compatible judge ----------------------------------------------------------------------------
+
+PROMPT_VERSION = "rt_lab-pairwise-v1"  # bump whenever the texts below change: cached judgments are keyed on it
+LABELS = ("m", "M")  # first output, second output
+TOP_LOGPROBS = 5
+SYSTEM_PROMPT = (
+    "You are an impartial evaluator of AI assistants. You compare two responses to the same instruction and "
+    "decide which one a careful human expert would prefer: the more helpful, correct, relevant and clear one. "
+    "Length is not a merit in itself, and the order in which the responses appear does not matter."
+)
+USER_TEMPLATE = """Instruction:
+<<<
+{instruction}
+>>>
+
+Response m:
+<<<
+{first}
+>>>
+
+Response M:
+<<<
+{second}
+>>>
+
+Which response is better? Reply with a single character: m or M. Nothing else."""
+
+
+def parse_reply(body: str, labels: Sequence[str] = LABELS) -> Verdict:
+    """P(second label) from a chat-completions body: the probability mass of each label among the first
+    token's top logprobs (surrounding whitespace ignored: "M" and " M" are the same answer), renormalised over
+    the two labels, as AlpacaEval 2's weighted judges do."""
+    try:
+        reply = json.loads(body)
+    except json.JSONDecodeError as err:
+        return Verdict(None, f"reply body is not JSON ({err.msg})")
+    try:
+        top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        mass = {label: 0.0 for label in labels}
+        for entry in top:
+            token = entry["token"].strip()
+            if token in mass:
+                mass[token] += math.exp(entry["logprob"])
+    except (KeyError, IndexError, TypeError, AttributeError, OverflowError):
+        return Verdict(None, "reply has no choices[0].logprobs.content[0].top_logprobs with token/logprob entries")
+    total = sum(mass.values())
+    if total == 0:
+        seen = [entry.get("token") for entry in top if isinstance(entry, dict)]
+        return Verdict(None, f"neither label {list(labels)} among the top logprobs {seen}")
+    return Verdict(mass[labels[1]] / total)
+
+
+@register_judge("openai")
+class OpenAIJudge(Judge):
+    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, ...) that returns `top_logprobs`. The API
+    key is read from the environment variable `api_key_env` names and is never logged or cached."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", both_orders: bool = True,
+                 max_concurrency: int = 4, max_retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0,
+                 max_calls: int = 2000) -> None:
+        import openai
+
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise JudgeError(f"judge.api_key_env={api_key_env}: the environment variable {api_key_env} is not set "
+                             "(for a server without authentication set it to any value, e.g. EMPTY)")
+        # retries are ours (backoff, spend cap), so the client's own are off
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
+        self.base_url, self.model = base_url, model
+        self.both_orders, self.max_concurrency = both_orders, max_concurrency
+        self.max_retries, self.backoff_s, self.max_calls = max_retries, backoff_s, max_calls
+        self.calls = 0  # HTTP requests sent by this judge, retries included: what the spend cap counts
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        return {"judge": "openai", "model": self.model, "prompt": PROMPT_VERSION, "both_orders": self.both_orders}
+
+    def _spend(self) -> None:
+        with self._lock:
+            if self.calls >= self.max_calls:
+                raise SpendCapExceeded(f"judge.max_calls={self.max_calls} reached ({self.model} at {self.base_url})")
+            self.calls += 1
+
+    def _backoff(self, attempt: int) -> None:
+        # jitter spreads the retries of concurrent workers that failed together
+        time.sleep(self.backoff_s * 2 ** attempt * (1 + random.random()))
+
+    def compare(self, instruction: str, first: str, second: str) -> Verdict:
+        import openai
+
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": USER_TEMPLATE.format(instruction=instruction, first=first,
+                                                                     second=second)}]
+        failure = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._backoff(attempt - 1)
+            self._spend()
+            try:
+                raw = self.client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=messages, max_tokens=1, temperature=0, logprobs=True,
+                    top_logprobs=TOP_LOGPROBS)
+            except openai.APITimeoutError:
+                failure = "timeout"
+            except openai.APIConnectionError as err:
+                failure = f"connection error ({err.__cause__ or err})"
+            except (openai.RateLimitError, openai.InternalServerError) as err:
+                failure = f"HTTP {err.status_code}"
+            except openai.APIStatusError as err:
+                # 400/401/404...: every other pair would fail the same way
+                raise JudgeError(f"judge {self.model} at {self.base_url}: HTTP {err.status_code} ({err.message})") \
+                    from err
+            else:
+                return parse_reply(raw.text)
+        return Verdict(None, f"{failure} on all {self.max_retries + 1} attempts", final=False)
+
+
+# --- the cache and the run over pairs ----------------------------------------------------------------------
+
+
+def pair_key(identity: dict[str, Any], instruction: str, reference: str, output: str) -> str:
+    payload = json.dumps([identity, instruction, reference, output], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class JudgmentCache:
+    """Finished judgments, one JSON line each ({key, preference, reason}), appended and flushed as they finish.
+    A torn last line (a crash mid-write) is cut off so appending continues on a fresh line, as
+    rt_lab.generate.answered does; a malformed line anywhere else is an error."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.entries = self._read()
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, Judgment]:
+        if not self.path.is_file():
+            return {}
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+        entries = {}
+        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{self.path}: line {number} is not JSON ({err.msg}); fix or delete the file") \
+                    from err
+            missing = [name for name in ("key", "preference", "reason") if name not in record] \
+                if isinstance(record, dict) else ["key", "preference", "reason"]
+            if missing:
+                raise ValueError(f"{self.path}: line {number} lacks {missing}; expected an object with key, "
+                                 "preference, reason")
+            entries[record["key"]] = Judgment(record["preference"], record["reason"])
+        return entries
+
+    def get(self, key: str) -> Judgment | None:
+        return self.entries.get(key)
+
+    def append(self, key: str, judgment: Judgment) -> None:
+        line = json.dumps({"key": key, "preference": judgment.preference, "reason": judgment.reason})
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+                handle.flush()
+            self.entries[key] = judgment
+
+
+def _judge_pair(judge: Judge, instruction: str, reference: str, output: str) -> tuple[Judgment, bool]:
+    """The preference for one pair and whether it may be cached. Both orders (when asked) are averaged in
+    P(model wins), which cancels the judge's first-position bias to first order."""
+    orders = [("reference first", reference, output, False)]
+    if judge.both_orders:
+        orders.append(("model first", output, reference, True))
+    p_model = []
+    for name, first, second, model_first in orders:
+        verdict = judge.compare(instruction, first, second)
+        if verdict.p_second is None:
+            return Judgment(None, f"{name}: {verdict.reason}"), verdict.final
+        p_model.append(1 - verdict.p_second if model_first else verdict.p_second)
+    return Judgment(1 + sum(p_model) / len(p_model)), True
+
+
+def judge_pairs(judge: Judge, instructions: Sequence[str], outputs: Sequence[str], references: Sequence[str],
+                cache_path: str | Path) -> list[Judgment]:
+    """One Judgment per row, in row order: model output i against reference i. Identical outputs are draws
+    without a call; cached pairs are never asked again; each new judgment is cached as soon as it finishes, so
+    a rerun after a crash or the spend cap asks only for the missing pairs."""
+    if not len(instructions) == len(outputs) == len(references):
+        raise ValueError(f"judge_pairs: {len(instructions)} instructions, {len(outputs)} outputs and "
+                         f"{len(references)} references; expected one of each per row")
+    cache = JudgmentCache(cache_path)
+    identity = judge.identity()
+    keys = [pair_key(identity, *row) for row in zip(instructions, references, outputs)]
+    results: list[Judgment | None] = [None] * len(keys)
+    todo = []
+    for index, (key, output, reference) in enumerate(zip(keys, outputs, references)):
+        if output == reference:
+            results[index] = Judgment(DRAW)
+        else:
+            results[index] = cache.get(key)
+            if results[index] is None:
+                todo.append(index)
+    log.info("judging %d pairs (%d cached or identical) with %s", len(todo), len(keys) - len(todo), identity)
+
+    stopped = threading.Event()
+
+    def work(index: int) -> Judgment | None:
+        if stopped.is_set():  # a fatal error in another pair: ask nothing more, leave this pair to the rerun
+            return None
+        try:
+            judgment, final = _judge_pair(judge, instructions[index], references[index], outputs[index])
+        except JudgeError:
+            stopped.set()
+            raise
+        if final:
+            cache.append(keys[index], judgment)
+        return judgment
+
+    with ThreadPoolExecutor(max_workers=max(1, judge.max_concurrency)) as pool:
+        futures = {pool.submit(work, index): index for index in todo}
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+        except BaseException as err:
+            pool.shutdown(wait=True, cancel_futures=True)  # running pairs finish and are cached; no new calls
+            if not isinstance(err, JudgeError):
+                raise
+            missing = sum(cache.get(keys[index]) is None for index in todo)
+            raise type(err)(f"{err}; {len(keys) - missing} of {len(keys)} pairs are judged and cached in "
+                            f"{cache_path}; rerun to judge the other {missing}") from err
+    failed = [(index, judgment.reason) for index, judgment in enumerate(results) if judgment.preference is None]
+    if failed:
+        log.warning("%d of %d judgments unparsable (left out of the win rate): %s", len(failed), len(keys),
+                    "; ".join(f"row {index}: {reason}" for index, reason in failed[:10]))
+    return results  # type: ignore[return-value]  (every row is filled above)
