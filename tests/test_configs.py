@@ -265,8 +265,16 @@ def check_trainer(cfg: DictConfig, option: str) -> None:
         assert actual == expected
 
 
+def check_judge(cfg: DictConfig, option: str) -> None:
+    from rt_lab.judges import JUDGES
+
+    assert cfg.judge.name == option and option in JUDGES
+    assert "api_key" not in cfg.judge and cfg.judge.api_key_env  # keys come from the environment only
+
+
 CHECKS = {
     "adapter": check_adapter,
+    "judge": check_judge,
     "data": check_data,
     "dataset": check_dataset,
     "debug": check_debug,
