@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
-from rt_lab.io import atomic_write_json
+from rt_lab.io import atomic_write_json, read_append_log
 from rt_lab.masking import tokenize
 from rt_lab.prompts import Prompt
 from rt_lab.rules import Rule, RuleHead
@@ -43,23 +43,8 @@ def encode_prompt(instruction: str, template: Template, tokenizer: Any, bos: str
 
 
 def answered(partial: Path) -> dict[str, str]:
-    """Outputs already generated, by prompt id. A torn last line (a crash mid-write) is cut off so appending
-    continues on a fresh line; a malformed line anywhere else is an error."""
-    if not partial.is_file():
-        return {}
-    data = partial.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with partial.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-        data = data[: data.rfind(b"\n") + 1]
-    outputs = {}
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{partial}: line {number} is not JSON ({err.msg}); fix or delete the file") from err
-        outputs[record["id"]] = record["output"]
-    return outputs
+    """Outputs already generated, by prompt id."""
+    return {record["id"]: record["output"] for record in read_append_log(partial)}
 
 
 def generation_config(cfg: Any, tokenizer: Any) -> Any:

@@ -55,3 +55,26 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
         if not isinstance(record, dict):
             raise ValueError(f"{path}: line {line_number}: expected a JSON object, got {type(record).__name__}")
         yield line_number, record
+
+
+def read_append_log(path: str | Path) -> list[dict]:
+    """Records of a JSONL file that a job appends to as it works. A torn last line (a crash mid-write) is cut
+    off so appending continues on a fresh line; a malformed line anywhere else is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    records = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); fix or delete the file") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object")
+        records.append(record)
+    return records

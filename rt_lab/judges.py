@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rt_lab.io import read_append_log
 from rt_lab.winrate import DRAW
 
 log = logging.getLogger(__name__)
@@ -211,9 +212,8 @@ def pair_key(identity: dict[str, Any], instruction: str, reference: str, output:
 
 
 class JudgmentCache:
-    """Finished judgments, one JSON line each ({key, preference, reason}), appended and flushed as they finish.
-    A torn last line (a crash mid-write) is cut off so appending continues on a fresh line, as
-    rt_lab.generate.answered does; a malformed line anywhere else is an error."""
+    """Finished judgments, one JSON line each ({key, preference, reason}), appended and flushed as they finish
+    (read back with `read_append_log`, which survives a torn last line)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -221,22 +221,9 @@ class JudgmentCache:
         self._lock = threading.Lock()
 
     def _read(self) -> dict[str, Judgment]:
-        if not self.path.is_file():
-            return {}
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-            data = data[: data.rfind(b"\n") + 1]
         entries = {}
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path}: line {number} is not JSON ({err.msg}); fix or delete the file") \
-                    from err
-            missing = [name for name in ("key", "preference", "reason") if name not in record] \
-                if isinstance(record, dict) else ["key", "preference", "reason"]
+        for number, record in enumerate(read_append_log(self.path), start=1):
+            missing = [name for name in ("key", "preference", "reason") if name not in record]
             if missing:
                 raise ValueError(f"{self.path}: line {number} lacks {missing}; expected an object with key, "
                                  "preference, reason")
