@@ -3,11 +3,17 @@ dir (so a requeued job continues its run), and is finished at the end of every j
 
 from __future__ import annotations
 
+import csv
+import io
 import netrc
 import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 
 def wandb_credentials_present() -> bool:
@@ -31,6 +37,45 @@ def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> A
         id_file.write_text(uuid.uuid4().hex[:12])
     return WandbLogger(save_dir=save_dir, offline=offline, id=id_file.read_text().strip(), resume="allow",
                        **kwargs)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger deletes an existing metrics.csv when a run starts again in the same dir; this one
+    keeps it and appends, and `forget_after(step)` drops rows a resumed run is about to log again."""
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and rank_zero_only.rank == 0:
+            path = Path(self.log_dir) / "metrics.csv"
+            kept = path.read_bytes() if path.is_file() else None
+            writer = super().experiment
+            if kept is not None:  # put back what the base writer deleted, and keep its columns
+                path.write_bytes(kept)
+                writer.metrics_keys = next(csv.reader(io.StringIO(kept.decode("utf-8"))), [])
+            return writer
+        return super().experiment
+
+    def forget_after(self, step: int) -> None:
+        path = Path(self.log_dir) / "metrics.csv"
+        if not path.is_file():
+            return
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class TrimLogsOnResume(L.Callback):
+    """When training (re)starts at some global step, drop CSV rows from a previous attempt at later steps."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, ResumableCSVLogger):
+                    logger.forget_after(trainer.global_step)
 
 
 def finish_wandb() -> None:

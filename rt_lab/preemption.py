@@ -1,6 +1,6 @@
 """Preemption under submitit: its checkpoint-and-requeue signal is held until the running optimizer step ends,
-`last.ckpt` is saved, and only then handed to submitit, which requeues the job and exits. The requeued job
-reruns in the same dir and resumes from that checkpoint."""
+`last.ckpt` is saved, the step's metrics are logged, and only then handed to submitit, which requeues the job
+and exits. The requeued job reruns in the same dir and resumes from that checkpoint."""
 
 from __future__ import annotations
 
@@ -24,36 +24,44 @@ def submitit_signal() -> signal.Signals | None:
 
 
 class PreemptionGuard(L.Callback):
-    """Install while training: a preemption signal mid-step is answered at the step's end."""
+    """Install while training: a preemption signal mid-step is answered at the step's end. Every rank holds
+    the signal and the ranks agree at each step boundary, so all of them join the checkpoint save."""
 
     def __init__(self, checkpoint: Path) -> None:
         self.checkpoint = checkpoint
         self.signum = submitit_signal()
         self.original: Callable[..., Any] | None = None
         self.pending: tuple[int, FrameType | None] | None = None
-        self.trainer: L.Trainer | None = None
+        self.saved = False
 
     def _defer(self, signum: int, frame: FrameType | None) -> None:
         log.warning("preemption signal %s: checkpointing at the end of this optimizer step", signum)
         self.pending = (signum, frame)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.signum is not None and trainer.is_global_zero:
+        if self.signum is not None:
             self.original = signal.getsignal(self.signum)
             signal.signal(self.signum, self._defer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.pending is None:
+        if self.signum is None or not trainer.strategy.reduce_boolean_decision(self.pending is not None, all=False):
             return
         staging = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
-        trainer.save_checkpoint(staging)
-        os.replace(staging, self.checkpoint)
-        log.warning("saved %s at step %d; handing over to submitit to requeue", self.checkpoint, trainer.global_step)
-        self._hand_over()
+        trainer.save_checkpoint(staging)  # every rank joins; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(staging, self.checkpoint)
+            log.warning("saved %s at step %d", self.checkpoint, trainer.global_step)
+        self.saved = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # Lightning logs a step's metrics after its batch-end hooks; hand over once they are written.
+        if self.saved:
+            self._hand_over()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hand_over()  # a signal after the last step: the checkpoint on disk is final
+        self._hand_over()  # a signal during the last step: its checkpoint is final
         if self.original is not None:
             signal.signal(self.signum, self.original)
 
@@ -61,4 +69,5 @@ class PreemptionGuard(L.Callback):
         if self.pending is not None and callable(self.original):
             signum, frame = self.pending
             self.pending = None
+            log.warning("handing the preemption over to submitit to requeue")
             self.original(signum, frame)

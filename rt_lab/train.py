@@ -15,6 +15,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from rt_lab.adapters import apply_adapter
 from rt_lab.datamodule import InstructionDataModule
 from rt_lab.module import CausalLMModule
+from rt_lab.loggers import TrimLogsOnResume
 from rt_lab.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,10 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
     guard = PreemptionGuard(run_dir / "checkpoints" / "last.ckpt")
+    trim = TrimLogsOnResume()
     # Under SLURM, submitit owns the requeue signal; Lightning's own auto-requeue would fight it.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, guard, *callbacks],
+    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, guard, trim, *callbacks],
                        logger=list(loggers) or False, plugins=plugins)
 
 

@@ -63,6 +63,15 @@ class ResumableSweep:
     def wave_size(self) -> int | None:
         return None  # everything at once
 
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        # In the job process: torch takes every core by default, even where a scheduler granted fewer.
+        threads = getattr(self, "params", {}).get("cpus_per_task")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return super().__call__(*args, **kwargs)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         todo = self.plan(job_overrides, initial_job_idx)
         if self.dry_run:
@@ -88,13 +97,6 @@ class LocalLauncher(ResumableSweep, SubmititLocal):
 
     def wave_size(self) -> int:
         return self.max_parallel
-
-    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
-        if self.params.get("cpus_per_task"):
-            import torch
-
-            torch.set_num_threads(self.params["cpus_per_task"])
-        return super().__call__(*args, **kwargs)
 
 
 class SequentialLauncher(ResumableSweep, BasicLauncher):
