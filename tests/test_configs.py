@@ -143,7 +143,10 @@ def check_logger(cfg: DictConfig, option: str) -> None:
     if option == "none":
         assert not cfg.logger
     elif option == "csv":
-        assert cfg.logger.csv._target_ == "lightning.pytorch.loggers.CSVLogger"
+        from hydra.utils import get_class
+        from lightning.pytorch.loggers import CSVLogger
+
+        assert issubclass(get_class(cfg.logger.csv._target_), CSVLogger)
         assert cfg.logger.csv.save_dir == cfg.paths.run_dir
     elif option == "wandb":
         wandb = cfg.logger.wandb

@@ -153,3 +153,25 @@ def test_smollm2_response_tuning_loss_falls(compose, tmp_path, smollm2_path):
     _, losses = fit(cfg, tmp_path)
     assert len(losses) == 8
     assert losses[7] + losses[8] < 0.8 * (losses[1] + losses[2])
+
+
+def test_csv_metrics_survive_a_restart_in_the_same_dir(tmp_path):
+    """Lightning's CSVLogger deletes metrics.csv when a run starts again in its dir; rt_lab's keeps the rows
+    before the resumed step and drops the ones the resumed run logs again."""
+    import csv
+
+    from rt_lab.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    for step in range(5):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.save()
+    second = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    second.forget_after(3)  # the checkpoint was at step 3: steps 3 and 4 are trained again
+    for step in range(3, 6):
+        second.log_metrics({"train/loss": 10.0 + step, "train/lr": 0.1}, step=step)
+    second.save()
+    with (tmp_path / "csv" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["step"]), float(r["train/loss"])) for r in rows] == \
+        [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
