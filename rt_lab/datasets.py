@@ -15,13 +15,15 @@ from typing import Any, Callable, Iterable, Iterator
 from omegaconf import OmegaConf
 
 from rt_lab.io import read_records
+from rt_lab.registry import Registry
 from rt_lab.rows import Row, RowError, make_row
 
 log = logging.getLogger(__name__)
 
 Records = Iterable[tuple[int, dict]]
 Format = Callable[[Records, str, "LoadStats"], Iterator[Row]]
-FORMATS: dict[str, Format] = {}
+FORMATS = Registry("dataset format")
+register_format = FORMATS.register
 
 
 @dataclass
@@ -34,14 +36,6 @@ class LoadStats:
 
     def leave_out(self, reason: str) -> None:
         self.left_out[reason] = self.left_out.get(reason, 0) + 1
-
-
-def register_format(name: str) -> Callable[[Format], Format]:
-    def decorator(func: Format) -> Format:
-        FORMATS[name] = func
-        return func
-
-    return decorator
 
 
 def per_record(build: Callable[[dict], list[dict] | None]) -> Format:
@@ -218,14 +212,13 @@ def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
     """Load a dataset config into validated rows, applying its selection, `limit`, `max_messages` and
     `refusal_mix`."""
     source, reader, format_name = resolve_source(cfg, data_dir)
-    if format_name not in FORMATS:
-        raise KeyError(f"dataset {cfg.name}: unknown format {format_name!r}; registered: {sorted(FORMATS)}")
+    build = FORMATS.lookup(format_name, f"dataset {cfg.name}: format")
     stats = LoadStats()
     rows: list[Row] = []
     limit = cfg.get("limit")
     max_messages = cfg.get("max_messages")
     select = cfg.mirror.get("select") if cfg.get("mirror") and not cfg.get("file") and data_dir else None
-    for row in FORMATS[format_name](selected(reader(), select, source, stats), source, stats):
+    for row in build(selected(reader(), select, source, stats), source, stats):
         if max_messages:
             row = make_row(row.id, list(row.messages[:max_messages]), f"{source} id {row.id}")
         rows.append(row)

@@ -67,14 +67,4 @@ def read_append_log(path: str | Path) -> list[dict]:
     if data and not data.endswith(b"\n"):
         with path.open("r+b") as handle:
             handle.truncate(data.rfind(b"\n") + 1)
-        data = data[: data.rfind(b"\n") + 1]
-    records = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); fix or delete the file") from err
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {number} is not a JSON object")
-        records.append(record)
-    return records
+    return [record for _, record in read_records(path)]

@@ -20,22 +20,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from rt_lab.io import read_append_log
+from rt_lab.registry import Registry
 from rt_lab.winrate import DRAW
 
 log = logging.getLogger(__name__)
 
-JUDGES: dict[str, Callable[..., "Judge"]] = {}
-
-
-def register_judge(name: str) -> Callable[[type], type]:
-    def decorator(cls: type) -> type:
-        JUDGES[name] = cls
-        return cls
-
-    return decorator
+JUDGES = Registry("judge")
+register_judge = JUDGES.register
 
 
 class JudgeError(RuntimeError):
@@ -81,9 +75,7 @@ def build_judge(cfg: Any) -> Judge:
     """The judge a `judge/` config names (`name`), built from its other keys."""
     options = dict(cfg)
     name = options.pop("name", None)
-    if name not in JUDGES:
-        raise KeyError(f"judge.name={name!r} is not a registered judge; registered: {sorted(JUDGES)}")
-    return JUDGES[name](**options)
+    return JUDGES.lookup(name, "judge.name")(**options)
 
 
 # --- the OpenAI-compatible judge ----------------------------------------------------------------------------

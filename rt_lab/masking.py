@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
+from rt_lab.registry import Registry
 from rt_lab.rows import Row
 from rt_lab.templates import Rendered, Template
 
@@ -19,10 +20,9 @@ IGNORE = -100
 BOS_MODES = ("auto", "always", "never")
 
 LossSpans = Callable[[Rendered], tuple[tuple[int, int], ...]]
-LOSS_ON: dict[str, LossSpans] = {
-    "assistant": lambda rendered: rendered.assistant_spans,  # IT / RT / single-task (TRL completion_only_loss)
-    "all": lambda rendered: ((0, len(rendered.text)),),  # `full` (axolotl train_on_inputs=true)
-}
+LOSS_ON = Registry("loss mask")
+LOSS_ON["assistant"] = lambda rendered: rendered.assistant_spans  # IT / RT / single-task (completion_only_loss)
+LOSS_ON["all"] = lambda rendered: ((0, len(rendered.text)),)  # `full` (axolotl train_on_inputs=true)
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,10 @@ def check_eos(ids: Sequence[int], offsets: Sequence[tuple[int, int]], rendered: 
 def encode_row(row: Row, template: Template, tokenizer: Any, loss_on: str, max_length: int,
                bos: str = "auto") -> Example | None:
     """Render, tokenize and label one row; None when truncation leaves no supervised token."""
-    if loss_on not in LOSS_ON:
-        raise KeyError(f"method.loss_on={loss_on!r} is unknown; choose one of {sorted(LOSS_ON)}")
+    spans = LOSS_ON.lookup(loss_on, "method.loss_on")
     rendered = template.render(row.messages, tokenizer)
     ids, offsets = tokenize(rendered.text, tokenizer, bos)
-    labels = labels_from_spans(ids, offsets, LOSS_ON[loss_on](rendered))
+    labels = labels_from_spans(ids, offsets, spans(rendered))
     check_eos(ids, offsets, rendered, tokenizer, row.id)
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE for label in labels):

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rt_lab.registry import Registry
 from rt_lab.rows import Message, Row
 
 UserTurns = Callable[[Row], Row]
-USER_TURNS: dict[str, UserTurns] = {}
-
-
-def register_user_turns(name: str) -> Callable[[UserTurns], UserTurns]:
-    def decorator(func: UserTurns) -> UserTurns:
-        USER_TURNS[name] = func
-        return func
-
-    return decorator
+USER_TURNS = Registry("user-turn transform")
+register_user_turns = USER_TURNS.register
 
 
 @register_user_turns("keep")
@@ -39,6 +33,4 @@ def drop(row: Row) -> Row:
 
 
 def user_turns(name: str) -> UserTurns:
-    if name not in USER_TURNS:
-        raise KeyError(f"method.user_turns={name!r} is unknown; choose one of {sorted(USER_TURNS)}")
-    return USER_TURNS[name]
+    return USER_TURNS.lookup(name, "method.user_turns")

@@ -12,23 +12,18 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import LogitsProcessor
 
+from rt_lab.registry import Registry
+
 log = logging.getLogger(__name__)
 
 BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
-RULES: dict[str, Callable[..., "Rule"]] = {}
-
-
-def register_rule(name: str) -> Callable[[type], type]:
-    def decorator(cls: type) -> type:
-        RULES[name] = cls
-        return cls
-
-    return decorator
+RULES = Registry("rule")
+register_rule = RULES.register
 
 
 @dataclass
@@ -181,10 +176,8 @@ class Start(Rule):
 
 def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
     """The enabled rules of a `rules` config, in the order given."""
-    unknown = [name for name in cfg.enabled if name not in RULES]
-    if unknown:
-        raise KeyError(f"rules.enabled has unknown rules {unknown}; registered: {sorted(RULES)}")
-    return [RULES[name](tokenizer, **{k: v for k, v in (cfg.get(name) or {}).items()}) for name in cfg.enabled]
+    return [RULES.lookup(name, "rules.enabled item")(tokenizer, **dict(cfg.get(name) or {}))
+            for name in cfg.enabled]
 
 
 class RuleHead(LogitsProcessor):

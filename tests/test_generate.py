@@ -56,7 +56,7 @@ def test_interrupted_generation_resumes_to_the_same_file(tiny_path, tiny_tokeniz
 def test_a_corrupt_line_before_the_end_is_an_error(tiny_path, tiny_tokenizer, prompts, tmp_path):
     (tmp_path / "generations.jsonl").write_text('{"id": "prompt-00", "output": "x"}\nnot json\n')
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
-    with pytest.raises(ValueError, match="generations.jsonl: line 2 is not JSON"):
+    with pytest.raises(ValueError, match="generations.jsonl: line 2: invalid JSON"):
         run(model, tiny_tokenizer, prompts, tmp_path)
 
 

@@ -254,7 +254,7 @@ def test_torn_last_cache_line_is_cut_and_rejudged_canned_judge(make_judge, serve
 def test_malformed_cache_line_names_file_and_line(make_judge, tmp_path):
     cache = tmp_path / "cache.jsonl"
     cache.write_text('{"key": "a", "preference": 1.5, "reason": null}\nnot json\n{"key": "b"}\n')
-    with pytest.raises(ValueError, match=re.escape(f"{cache}: line 2 is not JSON")):
+    with pytest.raises(ValueError, match=re.escape(f"{cache}: line 2: invalid JSON")):
         judge_pairs(make_judge(), ["Q"], [GOOD], [BAD], cache)
     cache.write_text('{"key": "a", "preference": 1.5, "reason": null}\n{"key": "b"}\n')
     with pytest.raises(ValueError, match=re.escape(f"{cache}: line 2 lacks ['preference', 'reason']")):

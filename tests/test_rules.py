@@ -115,7 +115,7 @@ def test_weights_scale_rules_and_the_head_is_a_product_of_experts(tiny_tokenizer
 
 
 def test_unknown_rule_is_named(tiny_tokenizer):
-    with pytest.raises(KeyError, match="unknown rules \\['eos'\\]"):
+    with pytest.raises(KeyError, match="rules.enabled item='eos' is not a registered rule"):
         build_rules(OmegaConf.create({"enabled": ["eos"]}), tiny_tokenizer)
 
 
