@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from rt_lab.adapters import quantization_config
 from rt_lab.export import attach_adapter, export_model, is_adapter_folder
-from rt_lab.generate import BatchGenerator, generate_outputs, hf_batch_generator
+from rt_lab.generate import generate_outputs, hf_batch_generator
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.prompts import load_prompts
@@ -55,22 +55,6 @@ def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, logger
     return model, export_dir
 
 
-def batch_generator(cfg: Any, tokenizer: Any, model: Any, model_path: str | Path) -> BatchGenerator:
-    backend = cfg.generation.get("backend", "hf")
-    if backend not in BACKENDS:
-        raise ValueError(f"generation.backend={backend!r}; expected one of {BACKENDS}")
-    if backend == "vllm":
-        from rt_lab.vllm_backend import vllm_batch_generator
-
-        del model  # vLLM loads its own copy; free the trainer's
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return vllm_batch_generator(model_path, cfg.generation, cfg.rules)
-    model = model if model is not None else load_model(cfg.model, str(model_path))
-    return hf_batch_generator(model, tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
-
-
 def run(cfg: Any) -> Path:
     """Run the configured job in `cfg.paths.run_dir`; returns the path of `model_outputs.json`."""
     run_dir = Path(cfg.paths.run_dir)
@@ -89,7 +73,20 @@ def run(cfg: Any) -> Path:
             model, model_path = trained_model(cfg, tokenizer, template, run_dir, loggers)
         else:
             model, model_path = None, base_path
-        answer = batch_generator(cfg, tokenizer, model, model_path)
+        backend = cfg.generation.get("backend", "hf")
+        if backend not in BACKENDS:
+            raise ValueError(f"generation.backend={backend!r}; expected one of {BACKENDS}")
+        if backend == "vllm":
+            from rt_lab.vllm_backend import vllm_batch_generator
+
+            del model  # vLLM loads its own copy: free this one first
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            answer = vllm_batch_generator(model_path, cfg.generation, cfg.rules)
+        else:
+            model = model if model is not None else load_model(cfg.model, str(model_path))
+            answer = hf_batch_generator(model, tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
                                    cfg.run.name, run_dir)
     finally:
