@@ -1,5 +1,6 @@
 """Response ranking (H §4.2): the authors' rival draws, scores checked against a plain forward pass, batching,
-truncation, ties, row errors, and the eval=ranking config, on the tiny model and the real Dolly file."""
+truncation, ties, resuming, row errors and the eval=ranking config, on the tiny model and the real Dolly file;
+the real SmolLM2 under `-m slow`."""
 
 from __future__ import annotations
 
