@@ -1,5 +1,6 @@
-"""The LightningModule: a causal LM (optionally with a peft adapter) trained on token losses normalised by the
-number of supervised tokens in the whole optimizer step, so packing and accumulation splits never change it."""
+"""The LightningModule: a causal LM (optionally with a peft adapter) trained one window of rows per optimizer
+step, its loss normalised over the whole window (rt_lab/loss.py), so packing and accumulation splits never
+change it."""
 
 from __future__ import annotations
 
@@ -11,34 +12,19 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from rt_lab.adapters import count_parameters
-from rt_lab.masking import IGNORE
+from rt_lab.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
 from rt_lab.optim import build_schedule
 
 log = logging.getLogger(__name__)
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token cross-entropies over supervised labels, number of supervised labels).
-
-    Logits are computed only at positions whose next token carries loss (`logits_to_keep`), which skips the
-    vocabulary projection for prompts and padding."""
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    targets = batch["labels"][:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    targets = targets[:, keep]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
-    return loss, (targets != IGNORE).sum()
-
-
 class CausalLMModule(L.LightningModule):
     def __init__(self, model: Any, optimizer: Callable[..., torch.optim.Optimizer], schedule: Any,
-                 max_grad_norm: float | None) -> None:
+                 max_grad_norm: float | None, loss_normalization: str = "token") -> None:
         super().__init__()
+        self.normalization = LOSS_NORMALIZATIONS.lookup(loss_normalization, "trainer.loss_normalization")
         self.model = model
         self.optimizer_factory = optimizer
         self.schedule = schedule
@@ -82,14 +68,16 @@ class CausalLMModule(L.LightningModule):
         started = time.perf_counter()
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        local = sum((micro["labels"][:, 1:] != IGNORE).sum() for micro in window)
-        total = self.trainer.strategy.reduce(local.float(), reduce_op="sum")
+        counts = [example_counts(micro) for micro in window]
+        local = torch.stack([torch.stack([self.normalization.units(c), c.sum()]) for c in counts]).sum(dim=0)
+        total, tokens = self.trainer.strategy.reduce(local.float(), reduce_op="sum")  # one all-reduce
+        tokens = int(tokens)
         # DDP averages gradients over ranks; scaling by world size turns that back into the window's sum.
         scale = self.trainer.world_size / total
         loss_sum = torch.zeros((), device=self.device)
         for index, micro in enumerate(window):
             with self._no_sync(index < len(window) - 1):
-                micro_loss, _ = token_loss_sum(self.model, micro)
+                micro_loss = self.normalization.numerator(*example_loss_sums(self.model, micro))
                 self.manual_backward(micro_loss * scale)
             loss_sum += micro_loss.detach()
         if self.max_grad_norm:
@@ -99,10 +87,10 @@ class CausalLMModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         loss = self.trainer.strategy.reduce(loss_sum, reduce_op="sum") / total
-        self.supervised_seen += int(total)
+        self.supervised_seen += tokens
         elapsed = time.perf_counter() - started
         self.log_dict({"train/loss": loss, "train/lr": lr, "train/supervised_tokens": float(self.supervised_seen),
-                       "train/supervised_tokens_per_s": float(total) / elapsed}, prog_bar=True)
+                       "train/supervised_tokens_per_s": tokens / elapsed}, prog_bar=True)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from rt_lab.adapters import apply_adapter
 from rt_lab.datamodule import InstructionDataModule
 from rt_lab.module import CausalLMModule
 from rt_lab.loggers import TrimLogsOnResume
+from rt_lab.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
 from rt_lab.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,17 @@ def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementatio
 
 def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
           callbacks: Sequence[Any] = ()) -> Any:
-    """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model."""
+    """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model, a full
+    fine-tune back in `model.dtype` (rt_lab/precision.py)."""
+    check_precision(cfg.trainer.lightning.precision, cfg.trainer.allow_low_precision_weights)
     model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
+    keep_master_weights_fp32(model)
     data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm)
+                            cfg.trainer.max_grad_norm, cfg.trainer.loss_normalization)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("resuming training from %s", last)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    return module.model
+    return cast_full_fine_tune(module.model, cfg.model.dtype)

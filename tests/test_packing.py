@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from rt_lab.datasets import load_rows
 from rt_lab.datamodule import WindowLoader
 from rt_lab.masking import encode_rows
-from rt_lab.module import token_loss_sum
+from rt_lab.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
 from rt_lab.packing import best_fit_decreasing, block_diagonal_mask
 from rt_lab.templates import TagTemplate
 
@@ -44,12 +44,14 @@ def examples(tiny_tokenizer):
     return encode_rows(rows, TagTemplate(), tiny_tokenizer, "assistant", max_length=160)
 
 
-def window_loss_and_grads(model, window):
+def window_loss_and_grads(model, window, normalization="token"):
+    """The step's loss and gradients as CausalLMModule computes them on one device."""
+    norm = LOSS_NORMALIZATIONS[normalization]
     model.zero_grad(set_to_none=True)
-    total = sum((micro["labels"][:, 1:] != -100).sum() for micro in window)
+    total = sum(norm.units(example_counts(micro)) for micro in window)
     loss = torch.zeros(())
     for micro in window:
-        micro_loss, _ = token_loss_sum(model, micro)
+        micro_loss = norm.numerator(*example_loss_sums(model, micro))
         (micro_loss / total).backward()
         loss += micro_loss.detach() / total
     return loss, {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -60,15 +62,15 @@ def loader(examples, tokenizer, packing, micro, attn):
                         pack_length=320, pad_id=tokenizer.pad_token_id, attn_implementation=attn, seed=0)
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_equals_unpacked_loss_and_gradients(tiny_path, tiny_tokenizer, examples, attn):
+@pytest.mark.parametrize("attn,normalization", [("eager", "token"), ("sdpa", "token"), ("sdpa", "sequence")])
+def test_packed_equals_unpacked_loss_and_gradients(tiny_path, tiny_tokenizer, examples, attn, normalization):
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=attn, dtype=torch.float32)
     padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3, attn=attn)))
     packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3, attn=attn)))
     assert len(packed) < len(examples) and all(m["input_ids"].shape[0] == 1 for m in packed)
     assert max(int((m["position_ids"] == 0).sum()) for m in packed) > 1  # bins really hold several rows
-    loss_padded, grads_padded = window_loss_and_grads(model, padded)
-    loss_packed, grads_packed = window_loss_and_grads(model, packed)
+    loss_padded, grads_padded = window_loss_and_grads(model, padded, normalization)
+    loss_packed, grads_packed = window_loss_and_grads(model, packed, normalization)
     torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-6)
     for name, grad in grads_padded.items():
         torch.testing.assert_close(grads_packed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -85,13 +87,16 @@ def test_packing_without_the_block_mask_would_contaminate(tiny_path, tiny_tokeni
     assert abs(float(loss_leaky - loss_padded)) > 1e-4
 
 
-def test_micro_batch_split_does_not_change_the_window(tiny_path, tiny_tokenizer, examples):
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_micro_batch_split_does_not_change_the_window(tiny_path, tiny_tokenizer, examples, normalization):
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa", dtype=torch.float32)
     reference_loss, reference_grads = window_loss_and_grads(
-        model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=len(examples), attn="sdpa"))))
+        model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=len(examples), attn="sdpa"))),
+        normalization)
     for micro in (1, 3):
         loss, grads = window_loss_and_grads(
-            model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=micro, attn="sdpa"))))
+            model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=micro, attn="sdpa"))),
+            normalization)
         torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
         for name, grad in reference_grads.items():
             torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

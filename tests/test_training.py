@@ -114,8 +114,10 @@ def test_resume_from_last_checkpoint_continues_exactly(compose, tmp_path):
 
 @pytest.mark.parametrize("split", [["trainer.micro_batch_size=1"], ["trainer.micro_batch_size=4"],
                                    ["trainer.micro_batch_size=1", "data.packing=true"]])
-def test_one_step_is_the_same_whatever_the_accumulation_split(compose, tmp_path, split):
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_one_step_is_the_same_whatever_the_accumulation_split(compose, tmp_path, split, normalization):
     common = TINY + ["adapter=full", "trainer.lightning.max_steps=1", "data.shuffle=false",
+                     f"trainer.loss_normalization={normalization}",
                      "trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.betas",
                      "trainer.optimizer.lr=0.5", "trainer.schedule.warmup_ratio=0", "trainer.max_grad_norm=null"]
     reference, reference_losses = fit(compose(common + ["trainer.micro_batch_size=2"]), tmp_path / "ref")
@@ -126,10 +128,12 @@ def test_one_step_is_the_same_whatever_the_accumulation_split(compose, tmp_path,
         torch.testing.assert_close(param, reference_params[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_two_ddp_processes_take_the_same_step_as_one_device(compose, tmp_path):
-    """Rows of a window are split across ranks and the loss is normalised by the all-reduced token count, so
-    two CPU processes (gloo) must land on the same parameters as a single device."""
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_two_ddp_processes_take_the_same_step_as_one_device(compose, tmp_path, normalization):
+    """Rows of a window are split across ranks and the loss is normalised by the all-reduced token (or row)
+    count, so two CPU processes (gloo) must land on the same parameters as a single device."""
     common = TINY + ["adapter=full", "trainer.lightning.max_steps=1", "data.shuffle=false", "logger=none",
+                     f"trainer.loss_normalization={normalization}",
                      "trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.betas",
                      "trainer.optimizer.lr=0.5", "trainer.schedule.warmup_ratio=0", "trainer.max_grad_norm=null"]
     single, _ = fit(compose(common), tmp_path / "single")

@@ -1,0 +1,55 @@
+"""Which precision the weights train in: fp32 master weights unless a user explicitly opts out.
+
+Hub models load in `model.dtype` (bf16). An optimizer step on bf16 weights rounds every update smaller than half
+a bf16 ulp away: at lr 1e-5 that is almost all of them (the original full fine-tunes ran under DeepSpeed ZeRO-3,
+which keeps fp32 master weights). So every trainable parameter is made fp32 before training and `*-mixed`
+precision autocasts the compute to bf16; after training a full fine-tune is cast back to `model.dtype`, the dtype
+the authors saved and evaluated. Frozen weights (an adapter's base) stay as loaded.
+
+`trainer.lightning.precision=bf16-true` (Lightning casts every weight to bf16) needs
+`trainer.allow_low_precision_weights=true` and logs a warning."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Lightning precisions that store the weights themselves in 16 bits
+LOW_PRECISION_WEIGHTS = ("bf16-true", "16-true", "bf16", "16", "half")
+
+
+def check_precision(precision: str, allow_low_precision_weights: bool) -> None:
+    """Refuse 16-bit weights unless opted in; warn when opted in."""
+    if str(precision) not in LOW_PRECISION_WEIGHTS:
+        return
+    if not allow_low_precision_weights:
+        raise ValueError(
+            f"trainer.lightning.precision={precision} trains 16-bit weights, which lose every update smaller than "
+            "half a ulp (at lr 1e-5 almost all of them). Use bf16-mixed (fp32 master weights, bf16 compute), or "
+            "set trainer.allow_low_precision_weights=true to accept the lost updates")
+    log.warning("trainer.lightning.precision=%s: weights and optimizer updates in 16 bits; updates below half a "
+                "ulp are lost (trainer.allow_low_precision_weights=true)", precision)
+
+
+def keep_master_weights_fp32(model: Any) -> int:
+    """Make every trainable floating-point parameter fp32 (in place); returns how many were converted."""
+    converted = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            converted += 1
+    if converted:
+        log.info("%d trainable tensors upcast to fp32 master weights", converted)
+    return converted
+
+
+def cast_full_fine_tune(model: Any, dtype_name: str) -> Any:
+    """A model whose every weight trained goes back to the configured `model.dtype` for export and generation;
+    adapters keep their fp32 weights (merging casts them)."""
+    if all(parameter.requires_grad for parameter in model.parameters()):
+        model.to(getattr(torch, dtype_name))
+    return model

@@ -1,0 +1,56 @@
+"""Loss normalisation (rt_lab/loss.py) against values computed independently: each example alone through the
+model with Hugging Face's own shifted, mean-reduced loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rt_lab.datamodule import collate_padded
+from rt_lab.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.masking import IGNORE, Example
+from rt_lab.packing import collate_packed
+
+
+@pytest.fixture(scope="module")
+def model(tiny_path):
+    return AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    # supervised targets: 2, 5 and 1 tokens, so the two normalisations differ
+    return [Example("a", [5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]),
+            Example("b", [9, 10, 11, 12, 13, 14, 15], [IGNORE, IGNORE, 11, 12, 13, 14, 15]),
+            Example("c", [16, 17, 18], [IGNORE, IGNORE, 18])]
+
+
+def alone(model, example: Example) -> tuple[float, int]:
+    """(mean token loss, supervised targets) of one example in a forward pass of its own."""
+    ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
+    return float(model(input_ids=ids, labels=labels).loss), int((labels[0, 1:] != IGNORE).sum())
+
+
+def normalised(model, batch, name: str) -> float:
+    norm = LOSS_NORMALIZATIONS[name]
+    sums, counts = example_loss_sums(model, batch)
+    assert torch.equal(counts, example_counts(batch))  # the divisor known before the forward pass agrees
+    return float(norm.numerator(sums, counts) / norm.units(counts))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_token_and_sequence_normalisation_match_hand_computed_values(model, examples, packed):
+    means, counts = zip(*(alone(model, example) for example in examples))
+    token = sum(m * n for m, n in zip(means, counts)) / sum(counts)
+    sequence = sum(means) / len(means)
+    batch = collate_packed(examples, "sdpa") if packed else collate_padded(examples, pad_id=0)
+    with torch.no_grad():
+        assert normalised(model, batch, "token") == pytest.approx(token, rel=1e-5)
+        assert normalised(model, batch, "sequence") == pytest.approx(sequence, rel=1e-5)
+    assert abs(token - sequence) > 1e-3
+
+
+def test_an_unknown_normalisation_names_the_key():
+    with pytest.raises(KeyError, match="trainer.loss_normalization='rows'"):
+        LOSS_NORMALIZATIONS.lookup("rows", "trainer.loss_normalization")
