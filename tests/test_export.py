@@ -164,10 +164,12 @@ def test_an_export_that_does_not_exist_or_fit_fails_before_training(compose, tmp
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_qlora_run_generates_from_the_merged_folder(tmp_path):
+@pytest.mark.parametrize("adapter, kept_adapter", [("qlora", True), ("lora", False)])
+def test_a_run_exports_a_dense_folder_and_generates(tmp_path, adapter, kept_adapter):
     from test_launch import FAST, launch
 
-    launch(["adapter=qlora", "logger=none", *FAST], tmp_path)
+    launch([f"adapter={adapter}", "logger=none", *FAST], tmp_path)
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
-    assert (run_dir / "model" / "model.safetensors").is_file() and is_adapter_folder(run_dir / "model" / "adapter")
+    assert (run_dir / "model" / "model.safetensors").is_file() and not is_adapter_folder(run_dir / "model")
+    assert is_adapter_folder(run_dir / "model" / MERGED_ADAPTER) is kept_adapter
     assert len(json.loads((run_dir / "model_outputs.json").read_text())) == 3
