@@ -1,27 +1,122 @@
-"""Writing a trained model where generation (now or after a requeue) and users can load it, and loading it."""
+"""Writing a trained model where generation (now or after a requeue) and users can load it, and loading it.
+
+`adapter.export` names one entry of EXPORTS, the one place that pairs how a trained model is written to the run's
+`model/` folder with how the run loads it back. A run always generates from what it loads back, so a first run
+and a rerun after `trained.done` use the same model.
+
+- `merge`: adapters merged in place into the base they were trained on (LoRA, full precision); for a full fine-tune
+  a plain save. `model/` is a dense folder.
+- `merge_bf16`: QLoRA as An et al. (`lora_merge.py`): the adapter is merged into the base reloaded unquantized in
+  the quantization's compute dtype (bf16), not into the 4-bit weights. `model/` is the dense merged folder (what
+  vLLM and users load), `model/adapter/` the trained adapter.
+- `adapter_only`: `model/` is the peft adapter folder; generation attaches it to the (quantized) base again."""
 
 from __future__ import annotations
 
+import gc
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from rt_lab.models import load_model
+from rt_lab.registry import Registry
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+MERGED_ADAPTER = "adapter"  # merge_bf16: the adapter's folder inside the dense model folder
 
 
-def export_model(model: Any, tokenizer: Any, folder: Path, merge: bool) -> Path:
-    """A full model folder (adapters merged in) or, with `merge=False`, a peft adapter folder."""
-    from peft import PeftModel
+@dataclass(frozen=True)
+class Base:
+    """The run's base model: its `model` config, its folder (or hub id), and the quantization training used."""
 
+    cfg: Any
+    path: str
+    quantization: Any = None
+
+    def load(self) -> Any:
+        """The base as training loads it (4-bit when the adapter quantizes)."""
+        return load_model(self.cfg, self.path, self.quantization)
+
+    def compute_dtype_cfg(self) -> Any:
+        """The model config with its dtype set to the quantization's compute dtype (bf16 for QLoRA)."""
+        dtype = str(self.quantization.bnb_4bit_compute_dtype).removeprefix("torch.")
+        return OmegaConf.merge(self.cfg, {"dtype": dtype})
+
+
+@dataclass(frozen=True)
+class Export:
+    """How a trained model is written to `model/` and loaded back. `save` must be the trained model's only
+    owner (callers pass train()'s result straight in), so that dropping it frees its memory before another copy
+    of the base loads."""
+
+    save: Callable[[Any, Any, Path, Base], None]
+    load: Callable[[Path, Base], Any]
+    requires: str | None = None  # the adapter config key this export cannot work without
+
+
+def free_memory() -> None:
+    gc.collect()  # Lightning's trainer/module/callback cycles keep a dropped model alive until collected
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, PeftModel) and merge:
-        model = model.merge_and_unload()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    log.info("exported %s model to %s", "adapter" if (folder / ADAPTER_CONFIG).exists() else "full", folder)
-    return folder
+    log.info("exported %s model to %s", "adapter" if is_adapter_folder(folder) else "full", folder)
+
+
+def save_merged(model: Any, tokenizer: Any, folder: Path, base: Base) -> None:
+    from peft import PeftModel
+
+    save_pretrained(model.merge_and_unload() if isinstance(model, PeftModel) else model, tokenizer, folder)
+
+
+def save_adapter(model: Any, tokenizer: Any, folder: Path, base: Base) -> None:
+    save_pretrained(model, tokenizer, folder)
+
+
+def save_merged_bf16(model: Any, tokenizer: Any, folder: Path, base: Base) -> None:
+    adapter = folder / MERGED_ADAPTER
+    save_pretrained(model, tokenizer, adapter)
+    del model  # two copies of a 9B base do not fit: the 4-bit one goes first
+    free_memory()
+    save_merged(attach_adapter(load_model(base.compute_dtype_cfg(), base.path), adapter), tokenizer, folder, base)
+
+
+def load_dense(folder: Path, base: Base) -> Any:
+    return load_model(base.cfg, str(folder))
+
+
+def load_dense_in_compute_dtype(folder: Path, base: Base) -> Any:
+    return load_model(base.compute_dtype_cfg(), str(folder))
+
+
+def load_adapter(folder: Path, base: Base) -> Any:
+    return attach_adapter(base.load(), folder)
+
+
+EXPORTS = Registry("adapter export")
+EXPORTS["merge"] = Export(save_merged, load_dense)
+EXPORTS["merge_bf16"] = Export(save_merged_bf16, load_dense_in_compute_dtype, requires="quantization")
+EXPORTS["adapter_only"] = Export(save_adapter, load_adapter, requires="lora")
+
+
+def exporter(adapter: Any) -> Export:
+    """The export `adapter.export` names, checked against the adapter before any training happens."""
+    name = adapter.get("export")
+    export = EXPORTS.lookup(name, "adapter.export")
+    if export.requires and not adapter.get(export.requires):
+        raise ValueError(f"adapter.export={name} needs adapter.{export.requires}, which adapter={adapter.name} "
+                         f"does not set (choices: {sorted(EXPORTS)})")
+    return export
 
 
 def is_adapter_folder(folder: Path) -> bool:

@@ -6,19 +6,18 @@ Each finished stage leaves a marker in the run dir, so a rerun in the same dir s
 
 from __future__ import annotations
 
-import gc
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rt_lab.adapters import quantization_config
 from rt_lab.eval import EvalContext, run_evaluations
-from rt_lab.export import attach_adapter, export_model, is_adapter_folder
+from rt_lab.export import Base, exporter, free_memory
 from rt_lab.generate import generate_outputs, hf_batch_generator
 from rt_lab.io import read_records
 from rt_lab.loggers import finish_wandb
@@ -43,20 +42,22 @@ def build_loggers(cfg: Any) -> list[Any]:
     return loggers
 
 
-def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) -> tuple[Any, Path]:
-    """(the trained model, its export folder): trained now, or reloaded when this run dir already finished."""
+def trained_loader(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) \
+        -> tuple[Callable[[], Any], Path]:
+    """(a loader of the trained model, its export folder): trained and exported now, or already when this run
+    dir finished training. The model always comes back from the export, so a first run and a rerun generate
+    from the same weights, and the vLLM backend loads nothing here."""
     export_dir = run_dir / "model"
-    quantization = quantization_config(cfg.adapter)
-    base_path = resolve_path(cfg.model, cfg.paths.cache_dir)
+    base = Base(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir), quantization_config(cfg.adapter))
+    export = exporter(cfg.adapter)  # a bad adapter.export fails now, not after training
     if (run_dir / TRAINED).is_file():
         log.info("training already finished; loading %s", export_dir)
-        if is_adapter_folder(export_dir):
-            return attach_adapter(load_model(cfg.model, base_path, quantization), export_dir), export_dir
-        return load_model(cfg.model, str(export_dir)), export_dir
-    model = train(cfg, load_model(cfg.model, base_path, quantization), tokenizer, template, run_dir, loggers)
-    export_model(model, tokenizer, export_dir, merge=cfg.adapter.get("merge_on_export", True))
-    (run_dir / TRAINED).touch()
-    return model, export_dir
+    else:
+        # train()'s result goes straight into save, its only holder, which can then free it
+        export.save(train(cfg, base.load(), tokenizer, template, run_dir, loggers), tokenizer, export_dir, base)
+        free_memory()
+        (run_dir / TRAINED).touch()
+    return lambda: export.load(export_dir, base), export_dir
 
 
 def log_generation(outputs: Path, loggers: list[Any]) -> None:
@@ -81,22 +82,20 @@ def run(cfg: Any) -> Path:
     loggers = build_loggers(cfg)
     try:
         if cfg.method.train:
-            model, model_path = trained_model(cfg, tokenizer, template, run_dir, loggers)
+            load, model_path = trained_loader(cfg, tokenizer, template, run_dir, loggers)
         else:
-            model, model_path = None, base_path
+            model_path = base_path
+            load = partial(load_model, cfg.model, base_path)
         backend = cfg.generation.get("backend", "hf")
         if backend not in BACKENDS:
             raise ValueError(f"generation.backend={backend!r}; expected one of {BACKENDS}")
+        model = None
         if backend == "vllm":
             from rt_lab.vllm_backend import vllm_batch_generator
 
-            model = None  # vLLM loads its own copy: free this one first
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             answer = vllm_batch_generator(model_path, cfg.generation, cfg.rules)
         else:
-            model = model if model is not None else load_model(cfg.model, str(model_path))
+            model = load()
             answer = hf_batch_generator(model, tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
                                    cfg.run.name, run_dir)
@@ -104,9 +103,8 @@ def run(cfg: Any) -> Path:
 
         def eval_model() -> Any:
             nonlocal model
-            if model is None:  # vLLM generated, or nothing was trained: load the HF copy now
-                model = trained_model(cfg, tokenizer, template, run_dir, loggers)[0] if cfg.method.train \
-                    else load_model(cfg.model, str(model_path))
+            if model is None:  # vLLM generated: load the HF copy now
+                model = load()
             return model.eval()
 
         run_evaluations(EvalContext(cfg, tokenizer, template, run_dir, eval_model, lambda: answer), loggers)

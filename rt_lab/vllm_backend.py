@@ -54,7 +54,8 @@ class RuleHeadProcessor(AdapterLogitsProcessor):
 
 def vllm_batch_generator(model_path: str | Path, cfg: Any, rules_cfg: Any) -> BatchGenerator:
     if is_adapter_folder(Path(model_path)):
-        raise ValueError(f"{model_path} holds a peft adapter; vLLM needs a full model: set adapter.merge_on_export=true")
+        raise ValueError(f"{model_path} holds a peft adapter; vLLM needs a dense model: set "
+                         "adapter.export=merge (LoRA) or merge_bf16 (QLoRA)")
     llm = LLM(model=str(model_path), logits_processors=[RuleHeadProcessor], **(cfg.get("vllm") or {}))
     rules = OmegaConf.to_container(rules_cfg, resolve=True) if rules_cfg.enabled else None
 

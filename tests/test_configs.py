@@ -60,11 +60,13 @@ def test_discovery_finds_every_group():
 
 
 def check_adapter(cfg: DictConfig, option: str) -> None:
+    from rt_lab.export import exporter
+
     assert cfg.adapter.name == option
-    assert isinstance(cfg.adapter.merge_on_export, bool)
+    exporter(cfg.adapter)  # a registered export that fits the adapter
     if option == "full":
         assert "lora" not in cfg.adapter and "quantization" not in cfg.adapter
-        assert cfg.adapter.merge_on_export is True
+        assert cfg.adapter.export == "merge"
     if option in ("lora", "qlora"):
         from peft import LoraConfig
 
@@ -75,7 +77,7 @@ def check_adapter(cfg: DictConfig, option: str) -> None:
     if option == "lora":
         assert (cfg.adapter.lora.r, cfg.adapter.lora.lora_alpha, cfg.adapter.lora.lora_dropout) == (16, 32, 0.05)
         assert "quantization" not in cfg.adapter
-        assert cfg.adapter.merge_on_export is True
+        assert cfg.adapter.export == "merge"
     if option == "qlora":
         import torch
         from transformers import BitsAndBytesConfig
@@ -86,7 +88,7 @@ def check_adapter(cfg: DictConfig, option: str) -> None:
         assert quantization.bnb_4bit_quant_type == "nf4"
         assert quantization.bnb_4bit_use_double_quant is True
         assert quantization.bnb_4bit_compute_dtype == torch.bfloat16
-        assert cfg.adapter.merge_on_export is False  # merging into 4-bit weights is lossy
+        assert cfg.adapter.export == "merge_bf16"  # An et al. merge into the bf16 base, not the 4-bit one
 
 
 def check_data(cfg: DictConfig, option: str) -> None:
