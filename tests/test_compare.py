@@ -77,6 +77,7 @@ def test_sweep_ends_with_table_plot_and_wandb_runs_then_resumes_without_calls_ca
         assert float(row["win_rate"]) == pytest.approx((sum(expected) / 4 - 1) * 100)
         detail = json.loads((run_dir / "comparison" / "vs_tiny-it-sample-seed1.json").read_text())
         assert [r["preference"] for r in detail["rows"]] == pytest.approx(expected)
+        assert detail["metrics"]["reference_kind"] == row["reference_kind"] == "method=it"
     png = (out / "win_rates.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert (out / "summary.md").read_text().count("| tiny |") == 2
@@ -158,6 +159,25 @@ def test_reference_file_missing_an_instruction_names_the_item(tmp_path, compose,
     with pytest.raises(ValueError, match=r"model_outputs.json item 1: instruction 'question 1' has no output"):
         compare(root, cfg)
 
+
+
+def test_reference_file_stays_in_the_alpaca_eval_commands_and_every_file_names_the_reference_kind(
+        tmp_path, compose, length_judge, monkeypatch):
+    from rt_lab.compare import compare
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    root = tmp_path / "sweep"
+    job = write_run(root, 0, compose, ["method=rt"], outputs_for("a", "bb"))
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps([{**row, "generator": "gpt"} for row in outputs_for("xx", "y")]))
+    compare(root, compose([*judge_overrides(length_judge), f"compare.reference.file={reference}", "logger=none"]))
+    commands = (root / "comparison" / "alpaca_eval_commands.sh").read_text().splitlines()
+    assert commands[1] == (f"alpaca_eval --model_outputs {job / 'model_outputs.json'} --reference_outputs {reference} "
+                           f"--output_path {job / 'comparison' / 'alpaca_eval'}")
+    detail = json.loads((job / "comparison" / "vs_gpt.json").read_text())
+    with (root / "comparison" / "summary.csv").open() as handle:
+        (row,) = csv.DictReader(handle)
+    assert detail["metrics"]["reference_kind"] == row["reference_kind"] == "file gpt"
 
 def test_aggregate_mean_and_sample_std_over_seeds():
     def row(method: str, seed: int, win_rate: float) -> dict:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rt_lab.compare.judging import compare_pair
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
-from rt_lab.compare.runs import OUT, find_runs, flatten, missing_jobs, pair_runs, varying_overrides
+from rt_lab.compare.runs import OUT, find_runs, missing_jobs, pair_runs, varying_overrides
 from rt_lab.io import atomic_write_text
 from rt_lab.judges import build_judge
 
@@ -42,11 +42,8 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     comparisons = []
     varying = varying_overrides([run for run, _ in pairs])
     for run, reference in pairs:
-        comparison = compare_pair(run, reference, judge, out / "judgments.jsonl", cfg.compare.length_controlled,
-                                  varying)
-        comparison.metrics["reference_kind"] = "file " + reference.name if reference.run is None else \
-            ", ".join(f"{k}={v}" for k, v in flatten(cfg.compare.reference.select).items())
-        comparisons.append(comparison)
+        comparisons.append(compare_pair(run, reference, judge, out / "judgments.jsonl",
+                                        cfg.compare.length_controlled, varying))
     metrics = [c.metrics for c in comparisons]
     table = aggregate(metrics)
     write_csv(out / "summary.csv", metrics)

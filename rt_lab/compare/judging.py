@@ -26,14 +26,14 @@ class Comparison:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def align(run: Run, reference: Reference, source: str) -> tuple[list[str], list[str], list[str]]:
+def align(run: Run, reference: Reference) -> tuple[list[str], list[str], list[str]]:
     """(instructions, outputs, references) in the run's order, matched by instruction text."""
     by_instruction = {record["instruction"]: record["output"] for record in reference.records}
     instructions, outputs, references = [], [], []
     for index, record in enumerate(run.outputs()):
         if record["instruction"] not in by_instruction:
             raise ValueError(f"{run.dir / 'model_outputs.json'} item {index}: instruction "
-                             f"{record['instruction'][:60]!r} has no output in the reference {source}")
+                             f"{record['instruction'][:60]!r} has no output in the reference {reference.path}")
         instructions.append(record["instruction"])
         outputs.append(record["output"])
         references.append(by_instruction[record["instruction"]])
@@ -41,14 +41,14 @@ def align(run: Run, reference: Reference, source: str) -> tuple[list[str], list[
 
 
 def compare_pair(run: Run, reference: Reference, judge: Any, cache: Path, lc: str, varying: set[str]) -> Comparison:
-    source = str(reference.run.dir) if reference.run else reference.name
-    instructions, outputs, references = align(run, reference, source)
+    instructions, outputs, references = align(run, reference)
     judgments = judge_pairs(judge, instructions, outputs, references, cache)
     comparison = Comparison(run, reference)
     comparison.rows = [{"instruction": i, "output": o, "reference": r, "preference": j.value,
                         "reason": j.reason} for i, o, r, j in zip(instructions, outputs, references, judgments)]
     preferences = [j.value for j in judgments]
-    comparison.metrics = {**describe(run, varying), "run": run.name, "reference": reference.name, **summarize(preferences),
+    comparison.metrics = {**describe(run, varying), "run": run.name, "reference": reference.name,
+                          "reference_kind": reference.kind, **summarize(preferences),
                           "avg_length": statistics.fmean(len(o) for o in outputs) if outputs else math.nan}
     if lc != "off":
         comparison.metrics["lc_win_rate"] = length_controlled(instructions, outputs, references, preferences, lc)

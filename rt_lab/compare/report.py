@@ -80,8 +80,6 @@ def alpaca_eval_commands(comparisons: Sequence[Comparison]) -> str:
     """The official AlpacaEval CLI on each pair (its LC win rate with its own annotator)."""
     lines = ["# The same pairs through the official AlpacaEval CLI (pip install alpaca_eval; OPENAI_API_KEY set)."]
     for c in comparisons:
-        reference = c.reference.run.dir / "model_outputs.json" if c.reference.run else None
-        lines.append(f"alpaca_eval --model_outputs {c.run.dir / 'model_outputs.json'}"
-                     + (f" --reference_outputs {reference}" if reference else "")
-                     + f" --output_path {c.run.dir / OUT / 'alpaca_eval'}")
+        lines.append(f"alpaca_eval --model_outputs {c.run.dir / 'model_outputs.json'} "
+                     f"--reference_outputs {c.reference.path} --output_path {c.run.dir / OUT / 'alpaca_eval'}")
     return "\n".join(lines) + "\n"

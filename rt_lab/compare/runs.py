@@ -49,6 +49,8 @@ class Run:
 class Reference:
     name: str
     records: list[dict]
+    path: Path  # the model_outputs.json the records come from
+    kind: str  # how it was chosen: "file <name>", or the selector ("method=it")
     run: Run | None = None  # None for a fixed reference file
 
 
@@ -98,10 +100,10 @@ def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]
     """(run, reference) pairs of finished runs, and lines saying why other runs have none."""
     finished = [run for run in runs if run.done]
     if cfg.reference.get("file"):
-        path = Path(cfg.reference.file).expanduser()
+        path = Path(cfg.reference.file).expanduser().resolve()
         records = [record for _, record in read_records(path)]
         name = str(records[0].get("generator", path.stem)) if records else path.stem
-        return [(run, Reference(name, records)) for run in finished], []
+        return [(run, Reference(name, records, path, f"file {name}")) for run in finished], []
     select = flatten(cfg.reference.select)
     if not select:
         raise ValueError("compare.reference.select is empty and compare.reference.file is unset: nothing says "
@@ -119,7 +121,9 @@ def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]
             raise ValueError(f"{run.dir}: {len(done)} runs qualify as its reference ({[str(r.dir) for r in done]}); "
                              f"add keys to compare.reference.match (now {keys})")
         if done:
-            pairs.append((run, Reference(done[0].name, done[0].outputs(), done[0])))
+            kind = ", ".join(f"{key}={value}" for key, value in select.items())
+            pairs.append((run, Reference(done[0].name, done[0].outputs(), done[0].dir / "model_outputs.json", kind,
+                                         done[0])))
         else:
             state = "is unfinished" if candidates else "is not in the sweep"
             where = ", ".join(f"{key}={value}" for key, value in {**select, **wanted}.items())
