@@ -7,8 +7,8 @@ runs by itself at the end of every multirun (`CompareCallback`, hydra/default.ya
 Judgments are cached in `<sweep>/comparison/judgments.jsonl`, so a rerun (more runs finished, a crash, the spend
 cap) asks the judge only about pairs it has not judged.
 
-Modules: `runs` (job dirs, pairing with references, table columns), `judging` (one pair judged), `report` (aggregate, tables,
-commands), `cli` (the command and the Hydra callback), `wandb_log` (W&B tables)."""
+Modules: `runs` (job dirs, pairing with references, table columns), `judging` (one pair judged), `report`
+(aggregate, tables, commands), `cli` (the command and the Hydra callback), `wandb_log` (W&B tables)."""
 
 from rt_lab.compare.cli import CompareCallback, compare, comparison_config, main
 from rt_lab.compare.judging import Comparison, compare_pair

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rt_lab.compare.judging import compare_pair
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
-from rt_lab.compare.runs import OUT, find_runs, missing_jobs, pair_runs, varying_overrides
+from rt_lab.compare.runs import (OUT, find_runs, missing_jobs, pair_runs, reference_sweep_dirs,
+                                 varying_overrides)
 from rt_lab.io import atomic_write_text
 from rt_lab.judges import build_judge
 
@@ -48,7 +49,7 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     table = aggregate(metrics)
     write_csv(out / "summary.csv", metrics)
     write_csv(out / "table.csv", table)
-    text = markdown(table, notes, judge.identity())
+    text = markdown(table, notes, judge.identity(), reference_sweep_dirs(cfg.compare))
     atomic_write_text(out / "summary.md", text)
     images = plots.win_rates(table, out)
     atomic_write_text(out / "alpaca_eval_commands.sh", alpaca_eval_commands(comparisons))
@@ -60,8 +61,8 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
 
 
 def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
-    """The root config with the sweep's own judge/compare/logger choices (from its multirun.yaml), then
-    `overrides` on top."""
+    """The root config with the sweep's own judge/compare/logger choices and its preset (`sweeps=`, which may set
+    compare/) from its multirun.yaml, then `overrides` on top."""
     from hydra import compose, initialize_config_dir
 
     import rt_lab  # noqa: F401  (resolvers)
@@ -72,7 +73,7 @@ def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
         task = OmegaConf.load(saved).hydra.overrides.task
         inherited = [str(o) for o in task
                      if str(o).lstrip("+~").split("=")[0].replace("/", ".").split(".")[0]
-                     in ("judge", "compare", "logger", "paths")]
+                     in ("judge", "compare", "logger", "paths", "sweeps")]
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose("config", overrides=inherited + list(overrides))

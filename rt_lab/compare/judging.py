@@ -25,6 +25,11 @@ class Comparison:
     rows: list[dict] = field(default_factory=list)  # instruction, output, reference, preference, reason
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """`vs_<reference>`, the stem of the run's files and W&B keys about this comparison."""
+        return f"vs_{safe_name(self.reference.name)}"
+
 
 def align(run: Run, reference: Reference) -> tuple[list[str], list[str], list[str]]:
     """(instructions, outputs, references) in the run's order, matched by instruction text."""
@@ -52,7 +57,7 @@ def compare_pair(run: Run, reference: Reference, judge: Any, cache: Path, lc: st
                           "avg_length": statistics.fmean(len(o) for o in outputs) if outputs else math.nan}
     if lc != "off":
         comparison.metrics["lc_win_rate"] = length_controlled(instructions, outputs, references, preferences, lc)
-    atomic_write_json(run.dir / OUT / f"vs_{safe_name(reference.name)}.json",
+    atomic_write_json(run.dir / OUT / f"{comparison.name}.json",
                       {"metrics": comparison.metrics, "rows": comparison.rows})
     return comparison
 

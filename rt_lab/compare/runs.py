@@ -96,8 +96,32 @@ def matches(run: Run, select: dict[str, Any]) -> bool:
     return all(str(run.value(key)) == str(value) for key, value in select.items())
 
 
+MULTIPLE = ("error", "all")  # compare.reference.multiple
+
+
+def reference_sweep_dirs(cfg: Any) -> list[Path]:
+    """The dirs `compare.reference.sweep` names: none, one, or a list."""
+    given = cfg.reference.sweep
+    entries = [] if given is None else [given] if isinstance(given, (str, Path)) else list(given)
+    return [Path(str(entry)).expanduser() for entry in entries]
+
+
+def reference_sweeps(cfg: Any) -> dict[Path, list[Run]]:
+    """The runs of every sweep `compare.reference.sweep` names, by sweep dir."""
+    sweeps = {}
+    for sweep in reference_sweep_dirs(cfg):
+        if not sweep.is_dir():
+            raise FileNotFoundError(f"compare.reference.sweep: {sweep}: no such sweep dir")
+        sweeps[sweep] = find_runs(sweep)
+        if not sweeps[sweep]:
+            raise ValueError(f"compare.reference.sweep: {sweep} holds no runs (no <job>/.hydra/config.yaml)")
+    return sweeps
+
+
 def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]], list[str]]:
-    """(run, reference) pairs of finished runs, and lines saying why other runs have none."""
+    """(run, reference) pairs of finished runs (several per run under `reference.multiple=all`), and lines
+    naming what is missing: a run's reference, or some of its references, unfinished or not found. Reference
+    candidates: the sweep's own runs and those of `reference.sweep`."""
     finished = [run for run in runs if run.done]
     if cfg.reference.get("file"):
         path = Path(cfg.reference.file).expanduser().resolve()
@@ -108,27 +132,64 @@ def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]
     if not select:
         raise ValueError("compare.reference.select is empty and compare.reference.file is unset: nothing says "
                          "which run is the reference")
+    multiple = cfg.reference.multiple
+    if multiple not in MULTIPLE:
+        raise ValueError(f"compare.reference.multiple={multiple}: expected one of {list(MULTIPLE)}")
     keys = list(cfg.reference.match)
+    kind = ", ".join(f"{key}={value}" for key, value in select.items())
+    others = reference_sweeps(cfg)
+    pool = [(other, name) for other, name in reference_pool(runs, others) if matches(other, select)]
+    loaded: dict[Path, Reference] = {}
     pairs, unpaired = [], []
     for run in finished:
         if matches(run, select):
             continue
         wanted = {key: run.value(key) for key in keys}
-        candidates = [other for other in runs if matches(other, select)
-                      and all(str(other.value(key)) == str(value) for key, value in wanted.items())]
-        done = [other for other in candidates if other.done]
-        if len(done) > 1:
-            raise ValueError(f"{run.dir}: {len(done)} runs qualify as its reference ({[str(r.dir) for r in done]}); "
-                             f"add keys to compare.reference.match (now {keys})")
-        if done:
-            kind = ", ".join(f"{key}={value}" for key, value in select.items())
-            pairs.append((run, Reference(done[0].name, done[0].outputs(), done[0].dir / "model_outputs.json", kind,
-                                         done[0])))
-        else:
-            state = "is unfinished" if candidates else "is not in the sweep"
+        candidates = [(other, name) for other, name in pool
+                      if all(str(other.value(key)) == str(value) for key, value in wanted.items())]
+        done = [(other, name) for other, name in candidates if other.done]
+        dirs = [str(other.dir) for other, _ in done]
+        if len(done) > 1 and multiple == "error":
+            raise ValueError(f"{run.dir}: {len(done)} runs qualify as its reference ({dirs}); add keys to "
+                             f"compare.reference.match (now {keys}), or set compare.reference.multiple=all to "
+                             "compare with each (mean ± std over them)")
+        names = [name for _, name in done]
+        if len(set(names)) < len(names):
+            raise ValueError(f"{run.dir}: its references {dirs} share names ({names}); give them distinct run.name "
+                             "values, or reference sweep dirs distinct names")
+        for other, name in done:
+            if other.dir not in loaded:
+                loaded[other.dir] = Reference(name, reference_outputs(other, name), other.dir / "model_outputs.json",
+                                              kind, other)
+            pairs.append((run, loaded[other.dir]))
+        if done and len(done) < len(candidates):
+            unpaired.append(f"{run.name} ({run.dir.name}): compared with {len(done)} of its {len(candidates)} "
+                            f"references; unfinished: {[str(other.dir) for other, _ in candidates if not other.done]}")
+        if not done:
+            looked = f"this sweep or {', '.join(str(d) for d in others)}" if others else \
+                "this sweep (compare.reference.sweep=DIR looks in another)"
+            state = "is unfinished" if candidates else f"is not in {looked}"
             where = ", ".join(f"{key}={value}" for key, value in {**select, **wanted}.items())
             unpaired.append(f"{run.name} ({run.dir.name}): its reference ({where}) {state}")
     return pairs, unpaired
+
+
+def reference_pool(runs: Sequence[Run], others: dict[Path, list[Run]]) -> list[tuple[Run, str]]:
+    """Every reference candidate with the name it gets in tables and file names: a run of the sweep itself by
+    its run.name, one from another sweep as `<run.name>@<sweep dir name>/<job>`, so that two references sharing a
+    generator name (a rerun of the same IT sweep, or one in both sweeps) never share a column or a vs_*.json."""
+    pool = {run.dir.resolve(): (run, run.name) for run in runs}
+    for sweep, found in others.items():
+        for run in found:
+            pool.setdefault(run.dir.resolve(), (run, f"{run.name}@{sweep.name}/{run.dir.relative_to(sweep)}"))
+    return list(pool.values())
+
+
+def reference_outputs(run: Run, name: str) -> list[dict]:
+    path = run.dir / "model_outputs.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the reference run {name} is finished but has no model_outputs.json")
+    return run.outputs()
 
 
 SHOWN = ("model", "method", "dataset", "trainer.seed", "rules.enabled")  # the table's own columns

@@ -21,7 +21,7 @@ def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Compar
     for comparison in comparisons:
         run_dir = comparison.run.dir
         with wandb.init(id=wandb_run_id(run_dir), dir=str(run_dir), **common) as run:
-            prefix = f"compare/vs_{comparison.reference.name}"
+            prefix = f"compare/{comparison.name}"
             run.summary.update({f"{prefix}/{key}": value for key, value in comparison.metrics.items()
                                 if isinstance(value, (int, float))})
             columns = ["instruction", "output", "reference", "preference", "reason"]
