@@ -339,3 +339,12 @@ def test_single_task_and_rules_presets_end_with_tables_against_an_it_sweep_canne
     calls = length_judge.requests
     launch(["-m", "rt_lab.compare", str(rules)], tmp_path)
     assert length_judge.requests == calls and (rules / "comparison" / "summary.md").read_text() == text
+
+
+def test_the_command_help_does_not_import_torch():
+    probe = "import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n    runpy.run_module('rt_lab.compare', " \
+            "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0 and "python -m rt_lab.compare" in result.stdout, result.stderr
+    assert result.stdout.strip().endswith("False")
