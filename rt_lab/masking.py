@@ -85,6 +85,7 @@ def check_eos(ids: Sequence[int], offsets: Sequence[tuple[int, int]], rendered: 
     """Each assistant span rendered with EOS text must end in the real EOS token, not its spelling in pieces."""
     eos_text = tokenizer.eos_token
     for lo, hi in rendered.assistant_spans:
+        hi -= rendered.text[lo:hi].endswith(eos_text + "\n")  # template.eos_newline: the newline follows EOS
         if not rendered.text[lo:hi].endswith(eos_text):
             continue
         last = max((i for i, (start, _) in enumerate(offsets) if lo <= start < hi), default=None)

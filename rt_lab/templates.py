@@ -28,15 +28,27 @@ class Template(Protocol):
         ...
 
 
+EOS_NEWLINES = ("between", "every")
+
+
 @dataclass(frozen=True)
 class TagTemplate:
-    """`<|user|>\\n{instruction}\\n<|assistant|>\\n{response}{eos}`; later turns follow after a newline."""
+    """`<|user|>\\n{instruction}\\n<|assistant|>\\n{response}{eos}`; later turns follow after a newline.
+
+    The newline after an assistant turn's EOS belongs to that turn and carries loss: `between` turns only
+    (open-instruct, Hewitt et al.: each assistant message ends in EOS + newline and the text's end is stripped), or
+    after `every` turn, the last too (the TULU chat template of An et al.)."""
 
     user_tag: str = "<|user|>\n"
     assistant_tag: str = "<|assistant|>\n"
     system_tag: str = "<|system|>\n"
     append_eos: bool = True
     strip_content: bool = True
+    eos_newline: str = "between"
+
+    def __post_init__(self) -> None:
+        if self.eos_newline not in EOS_NEWLINES:
+            raise ValueError(f"template.eos_newline={self.eos_newline!r}; expected one of {EOS_NEWLINES}")
 
     def _content(self, message: Message) -> str:
         return message.content.strip() if self.strip_content else message.content
@@ -51,10 +63,10 @@ class TagTemplate:
         for index, message in enumerate(messages):
             if message.role == "assistant":
                 head = self.assistant_tag
-                body = self._content(message) + eos
-                tail = "\n" if index < len(messages) - 1 else ""
+                last = index == len(messages) - 1
+                body = self._content(message) + eos + ("\n" if not last or self.eos_newline == "every" else "")
                 spans.append((length + len(head), length + len(head) + len(body)))
-                piece = head + body + tail
+                piece = head + body
             else:
                 tag = self.user_tag if message.role == "user" else self.system_tag
                 piece = tag + self._content(message) + "\n"

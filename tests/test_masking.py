@@ -73,21 +73,44 @@ def test_full_supervises_every_predicted_token(tokenizer):
     assert example.labels[1:] == example.input_ids[1:]
 
 
-def test_multi_turn_it_masks_every_user_turn(tokenizer):
-    example = encode(MULTI, "it", tokenizer)
-    eos = tokenizer.eos_token
+def supervised_runs(example, tokenizer) -> list[str]:
     runs, current = [], []
-    for i, label in enumerate(example.labels):
+    for label in example.labels:
         if label != IGNORE:
             current.append(label)
         elif current:
             runs.append(current)
             current = []
-    runs.append(current)
-    assert [tokenizer.decode(run) for run in runs] == ["Seven." + eos, "Fourteen." + eos]
+    return [tokenizer.decode(run) for run in runs + [current] if run]
+
+
+def test_multi_turn_it_masks_every_user_turn(tokenizer):
+    """open-instruct's layout (Hewitt et al.): the newline after a non-final EOS is part of the assistant turn."""
+    example = encode(MULTI, "it", tokenizer)
+    eos = tokenizer.eos_token
+    assert supervised_runs(example, tokenizer) == ["Seven." + eos + "\n", "Fourteen." + eos]
     unsupervised = tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l == IGNORE],
                                     skip_special_tokens=True)
-    assert unsupervised == "<|user|>\nPick a number.\n<|assistant|>\n\n<|user|>\nDouble it.\n<|assistant|>\n"
+    assert unsupervised == "<|user|>\nPick a number.\n<|assistant|>\n<|user|>\nDouble it.\n<|assistant|>\n"
+
+
+@pytest.mark.parametrize("row", [SINGLE, MULTI], ids=["single", "multi"])
+def test_eos_newline_every_supervises_a_newline_after_each_eos(tokenizer, row):
+    """An et al.'s TULU template: `<|assistant|>\\n{response}</s>\\n` for every assistant turn, newline supervised,
+    and (strip_content=false) message text kept as written."""
+    template = TagTemplate(eos_newline="every", strip_content=False)
+    example = encode(row, "it", tokenizer, template=template)
+    eos = tokenizer.eos_token
+    answers = [m.content for m in row.messages if m.role == "assistant"]
+    assert supervised_runs(example, tokenizer) == [answer + eos + "\n" for answer in answers]
+    assert tokenizer.decode(example.input_ids, skip_special_tokens=False).endswith(eos + "\n")
+    rt = encode(row, "rt_drop", tokenizer, template=template)
+    assert supervised_runs(rt, tokenizer) == [answer + eos + "\n" for answer in answers]
+
+
+def test_eos_newline_names_its_choices():
+    with pytest.raises(ValueError, match="template.eos_newline='always'"):
+        TagTemplate(eos_newline="always")
 
 
 def test_multi_turn_rt_blanks_every_user_turn(tokenizer):
