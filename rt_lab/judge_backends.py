@@ -21,7 +21,7 @@ from rt_lab.judge_base import (Judge, JudgeError, LogprobReader, Messages, Reply
 from rt_lab.judge_protocols import LABELS, build_protocol
 
 SCORINGS = ("logprobs", "text")
-TEXT_MAX_TOKENS = 8  # scoring=text: room for the label and the odd space or full stop around it
+TEXT_MAX_TOKENS = 16  # scoring=text: room for a short sentence around the label ("The best model is: m.")
 
 
 class NoLogprobs(JudgeError):

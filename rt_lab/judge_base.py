@@ -72,13 +72,16 @@ def label_verdict(top: Sequence[tuple[str, float]], labels: Sequence[str]) -> Ve
 
 
 def text_verdict(text: str, labels: Sequence[str]) -> Verdict:
-    """The label a generated answer spells: its first word, quotes and punctuation around it ignored ("M", " M.",
-    "'m'\\n..."). Labels are case-sensitive (AlpacaEval's are m and M). P(second label) is 0 or 1."""
-    words = text.split()
-    word = re.sub(r"^\W+|\W+$", "", words[0]) if words else ""
-    if word not in labels:
-        return Verdict(None, f"the reply {text[:80]!r} does not start with one of the labels {list(labels)}")
-    return Verdict(float(word == labels[1]))
+    """The label a generated answer names: the one label that stands as a word of its own in it ("M", " m.",
+    "The best model identifier is: m."; labels are case-sensitive, as AlpacaEval's m and M). P(second label) is 0
+    or 1; an answer naming neither label, or both, is unparsable."""
+    pattern = "|".join(re.escape(label) for label in labels)
+    # a word of its own: quotes around it are fine, a contraction ("I'm") is not
+    named = set(re.findall(rf"(?<!\w)(?<!\w['\u2019])({pattern})(?!\w)(?!['\u2019]\w)", text))
+    if len(named) != 1:
+        return Verdict(None, f"the reply {text[:80]!r} names {'both labels' if named else 'neither label'} of "
+                             f"{list(labels)}")
+    return Verdict(float(named.pop() == labels[1]))
 
 
 class Judge:

@@ -214,8 +214,10 @@ def test_a_reply_without_logprobs_stops_the_run_at_once_naming_server_and_fix_ca
 
 
 @pytest.mark.parametrize(("reply", "p_second"), [("M", 1.0), (" m.", 0.0), ("'M'\nIt is clearer.", 1.0),
-                                                  ("Model M", None), ("mM", None), ("", None)])
-def test_text_scoring_reads_the_label_the_reply_starts_with(reply, p_second):
+                                                  ("The best model identifier is: m.", 0.0), ("Model M", 1.0),
+                                                  ("M is better than m", None), ("mM", None), ("I'm unsure", None),
+                                                  ("", None)])
+def test_text_scoring_reads_the_one_label_the_reply_names(reply, p_second):
     from rt_lab.judge_base import text_verdict
 
     verdict = text_verdict(reply, ("m", "M"))
