@@ -1,7 +1,9 @@
 """A real HTTP server on loopback that speaks the chat-completions schema with a canned judge (a paid API's model
 cannot run here). By default it favours the output containing "GOOD", more so when that output is shown first
-(a position bias both_orders must average out); subclasses override `top_logprobs`. Markers in a prompt make it
-misbehave (FAIL429x2, FAIL500x2, ALWAYS500, SLOW, NOLOGPROBS, NOLABELS, BADJSON)."""
+(a position bias both_orders must average out); subclasses override `top_logprobs` (and `text_reply`, the answer
+when a request asks for no logprobs). Markers in a prompt make it misbehave (FAIL429x2, FAIL500x2, ALWAYS500, SLOW,
+BADJSON, NOLABELS: no label among the top logprobs, NOLOGPROBS: a reply without logprobs, as `transformers serve`
+gives)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,15 @@ GOOD, BAD = "GOOD answer: Paris.", "bad answer: Lyon."
 # first, 0.6 when second; the mass of the second label is split between "M" and " M" (whitespace variants count)
 FIRST_GOOD = [("m", 0.72), ("M", 0.18), ("The", 0.05)]
 SECOND_GOOD = [("M", 0.50), (" M", 0.04), ("m", 0.36), ("The", 0.05)]
+
+
+def shown_outputs(prompt: str) -> tuple[str, str]:
+    """The two outputs of a pairwise judge prompt, in the order shown, in rt_lab's template or AlpacaEval's."""
+    if "Response m:\n<<<\n" in prompt:
+        first, second = (prompt.split(f"Response {label}:\n<<<\n", 1)[1].split("\n>>>", 1)[0] for label in "mM")
+        return first, second
+    first, second = (part.split('"""', 1)[0] for part in prompt.split('"output": """')[1:3])
+    return first, second
 
 
 class CannedJudgeServer:
@@ -69,22 +80,31 @@ class CannedJudgeServer:
             time.sleep(1.0)
         if "BADJSON" in prompt:
             return self.send_raw(http, 200, b'{"choices": [ this is not json')
-        top = self.top_logprobs(prompt)
-        if "NOLABELS" in prompt:
-            top = [("The", 0.6), ("Both", 0.3)]
-        logprobs = {"content": [{"token": top[0][0], "logprob": math.log(top[0][1]), "bytes": None,
-                                 "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": None}
-                                                  for t, p in top]}]}
+        logprobs = None
+        if body.get("logprobs"):
+            top = [("The", 0.6), ("Both", 0.3)] if "NOLABELS" in prompt else self.top_logprobs(prompt)
+            content = top[0][0]
+            if "NOLOGPROBS" not in prompt:
+                logprobs = {"content": [{"token": top[0][0], "logprob": math.log(top[0][1]), "bytes": None,
+                                         "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": None}
+                                                          for t, p in top]}]}
+        else:
+            content = self.text_reply(prompt)
         self.send(http, 200, {
             "id": f"chatcmpl-{self.requests}", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": top[0][0]},
-                         "finish_reason": "length", "logprobs": None if "NOLOGPROBS" in prompt else logprobs}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "length", "logprobs": logprobs}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
         })
 
     def top_logprobs(self, prompt: str) -> list[tuple[str, float]]:
-        """(token, probability) candidates of the answer's first token. The canned judge: favours the output containing "GOOD", more so when it is shown first."""
+        """(token, probability) candidates of the answer's first token. The canned judge: favours the output
+        containing "GOOD", more so when it is shown first."""
         return FIRST_GOOD if prompt.index("GOOD") < prompt.index("bad") else SECOND_GOOD
+
+    def text_reply(self, prompt: str) -> str:
+        """The reply's text when no logprobs are asked for: the canned judge's most likely label."""
+        return self.top_logprobs(prompt)[0][0]
 
     def send(self, http: BaseHTTPRequestHandler, code: int, payload: dict) -> None:
         self.send_raw(http, code, json.dumps(payload).encode())

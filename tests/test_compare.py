@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, SHARED_DATA, needs_shared_data
-from judge_server import KEY_ENV, SECRET, CannedJudgeServer
+from judge_server import KEY_ENV, SECRET, CannedJudgeServer, shown_outputs
 from rt_lab.compare import aggregate, find_runs, missing_jobs, pair_runs
 
 FAST = ["model=tiny", "trainer.batch_size=4", "trainer.micro_batch_size=2", "data.max_length=128",
@@ -28,8 +28,7 @@ class LengthJudgeServer(CannedJudgeServer):
     """A canned judge that prefers the longer response (P = 0.7); equal lengths: 0.5."""
 
     def top_logprobs(self, prompt: str) -> list[tuple[str, float]]:
-        first = prompt.split("Response m:\n<<<\n", 1)[1].split("\n>>>", 1)[0]
-        second = prompt.split("Response M:\n<<<\n", 1)[1].split("\n>>>", 1)[0]
+        first, second = shown_outputs(prompt)
         p_second = 0.5 if len(first) == len(second) else 0.7 if len(second) > len(first) else 0.3
         return [("M", p_second), ("m", 1 - p_second)]
 

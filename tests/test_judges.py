@@ -1,22 +1,28 @@
 """The OpenAI-compatible pairwise judge (rt_lab.judges) against a real HTTP server on loopback that speaks the
 chat-completions schema with a canned judge: it always favours the output containing "GOOD", more so when that
 output is shown first (a position bias both_orders must average out). Markers in an instruction make the server
-misbehave (FAIL429x2, FAIL500x2, ALWAYS500, SLOW, NOLOGPROBS, NOLABELS, BADJSON)."""
+misbehave (FAIL429x2, FAIL500x2, ALWAYS500, SLOW, NOLOGPROBS, NOLABELS, BADJSON). Both protocols: rt_lab's prompt,
+and AlpacaEval's annotator checked against alpaca_eval's own annotator code as the oracle."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from judge_server import BAD, GOOD, KEY_ENV, SECRET, CannedJudgeServer
+from rt_lab.judge_backends import NoLogprobs
 from rt_lab.judges import JUDGES, JudgeError, OpenAIJudge, SpendCapExceeded, build_judge, judge_pairs, parse_reply
+from rt_lab.lc_winrate import _pkg_resources_for_alpaca_eval
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture
 def server():
     canned = CannedJudgeServer()
@@ -31,7 +37,8 @@ def make_judge(server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
 
     def _make(**overrides) -> OpenAIJudge:
-        options = dict(base_url=server.url, model="canned-judge", api_key_env=KEY_ENV, both_orders=True,
+        options = dict(base_url=server.url, model="canned-judge", api_key_env=KEY_ENV, protocol="rt_lab",
+                       both_orders=True,
                        max_concurrency=2, max_retries=3, backoff_s=0.01, timeout_s=5.0, max_calls=100)
         return OpenAIJudge(**{**options, **overrides})
 
@@ -64,13 +71,17 @@ def test_weighted_preference_one_order_canned_judge(make_judge, server, tmp_path
     assert server.requests == 2
 
 
-def test_judge_built_from_config_group_canned_judge(make_judge, server, tmp_path):
+def test_judge_built_from_config_group_is_the_papers_protocol_canned_judge(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
     cfg = OmegaConf.load(REPO / "conf" / "judge" / "openai.yaml")
     assert cfg.name in JUDGES and cfg.api_key_env == "OPENAI_API_KEY"
+    assert (cfg.protocol, cfg.annotator, cfg.both_orders, cfg.scoring) == (
+        "alpaca_eval", "weighted_alpaca_eval_gpt4_turbo", False, "logprobs")
     cfg.merge_with({"base_url": server.url, "api_key_env": KEY_ENV, "backoff_s": 0.01})
     judge = build_judge(cfg)
-    assert isinstance(judge, OpenAIJudge) and judge.both_orders
-    assert preferences(judge_pairs(judge, ["Capital?"], [GOOD], [BAD], tmp_path / "c.jsonl")) == pytest.approx([1.7])
+    assert isinstance(judge, OpenAIJudge) and judge.identity()["annotator"] == "weighted_alpaca_eval_gpt4_turbo"
+    judgments = judge_pairs(judge, ["Capital?"], [GOOD], [BAD], tmp_path / "c.jsonl")
+    assert server.requests == 1 and 1 <= judgments[0].value <= 2
 
 
 @pytest.mark.parametrize("marker,code", [("FAIL429x2", 429), ("FAIL500x2", 500), ("SLOW", None)])
@@ -101,17 +112,16 @@ def test_permanent_500_is_unparsable_after_max_retries_canned_judge(make_judge, 
 
 def test_malformed_replies_are_unparsable_with_reasons_canned_judge(make_judge, server, tmp_path):
     cache = tmp_path / "cache.jsonl"
-    instructions = ["NOLOGPROBS Capital?", "NOLABELS Capital?", "BADJSON Capital?", "Capital?"]
-    judgments = judge_pairs(make_judge(), instructions, [GOOD] * 4, [BAD] * 4, cache)
+    instructions = ["NOLABELS Capital?", "BADJSON Capital?", "Capital?"]
+    judgments = judge_pairs(make_judge(), instructions, [GOOD] * 3, [BAD] * 3, cache)
     reasons = [j.reason for j in judgments]
-    assert preferences(judgments)[:3] == [None, None, None]
-    assert judgments[3].value == pytest.approx(1.7)
-    assert "reference first: reply has no choices[0].logprobs" in reasons[0]
-    assert reasons[1] == "reference first: neither label ['m', 'M'] among the top logprobs ['The', 'Both']"
-    assert reasons[2].startswith("reference first: reply body is not JSON")
+    assert preferences(judgments)[:2] == [None, None]
+    assert judgments[2].value == pytest.approx(1.7)
+    assert reasons[0] == "reference first: neither label ['m', 'M'] among the top logprobs ['The', 'Both']"
+    assert reasons[1].startswith("reference first: reply body is not JSON")
     # a malformed reply is an answer: cached with its reason, never asked again
     before = server.requests
-    assert [j.reason for j in judge_pairs(make_judge(), instructions, [GOOD] * 4, [BAD] * 4, cache)] == reasons
+    assert [j.reason for j in judge_pairs(make_judge(), instructions, [GOOD] * 3, [BAD] * 3, cache)] == reasons
     assert server.requests == before
 
 
@@ -187,3 +197,144 @@ def test_missing_key_variable_is_named(monkeypatch, server):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(JudgeError, match=f"environment variable {KEY_ENV} is not set"):
         OpenAIJudge(base_url=server.url, model="canned-judge", api_key_env=KEY_ENV)
+
+
+# --- scoring: servers without log-probabilities --------------------------------------------------------------
+
+
+def test_a_reply_without_logprobs_stops_the_run_at_once_naming_server_and_fix_canned_judge(make_judge, server,
+                                                                                          tmp_path):
+    rows = ([f"NOLOGPROBS question {i}?" for i in range(5)], [GOOD] * 5, [BAD] * 5)
+    with pytest.raises(NoLogprobs) as raised:
+        judge_pairs(make_judge(max_concurrency=1), *rows, tmp_path / "cache.jsonl")
+    message = str(raised.value)
+    assert server.url in message and "canned-judge" in message
+    assert "judge.scoring=text" in message and "vLLM" in message and "0 of 5 pairs are judged" in message
+    assert server.requests == 1  # not one unparsable judgment after another
+
+
+@pytest.mark.parametrize(("reply", "p_second"), [("M", 1.0), (" m.", 0.0), ("'M'\nIt is clearer.", 1.0),
+                                                  ("The best model identifier is: m.", 0.0), ("Model M", 1.0),
+                                                  ("M is better than m", None), ("mM", None), ("I'm unsure", None),
+                                                  ("", None)])
+def test_text_scoring_reads_the_one_label_the_reply_names(reply, p_second):
+    from rt_lab.judge_base import text_verdict
+
+    verdict = text_verdict(reply, ("m", "M"))
+    assert verdict.p_second == p_second and (verdict.reason is None) == (p_second is not None)
+
+
+def test_text_scoring_asks_for_no_logprobs_canned_judge(make_judge, server, tmp_path):
+    from rt_lab.judge_backends import TEXT_MAX_TOKENS
+
+    cache = tmp_path / "cache.jsonl"
+    rows = (["Q1", "Q2"], [GOOD, BAD], [BAD, GOOD])
+    # the canned judge's text is its most likely label, the GOOD output's in either order
+    assert preferences(judge_pairs(make_judge(scoring="text"), *rows, cache)) == [2.0, 1.0]
+    assert all("logprobs" not in body and body["max_tokens"] == TEXT_MAX_TOKENS for body in server.bodies)
+    judge_pairs(make_judge(), *rows, cache)  # the scoring is part of the cache key: logprobs asks again
+    assert server.requests == 8
+
+
+# --- the alpaca_eval protocol: alpaca_eval's own annotator code is the oracle ---------------------------------
+
+ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+
+
+@pytest.fixture(scope="module")
+def alpaca_eval_annotator():
+    """alpaca_eval's own single annotator for ANNOTATOR; nothing is sent through it."""
+    with _pkg_resources_for_alpaca_eval():
+        from alpaca_eval.annotators import PairwiseAnnotator
+    return PairwiseAnnotator(annotators_config=ANNOTATOR, caching_path=None).annotators[ANNOTATOR]
+
+
+def alpaca_eval_oracle(annotator, server: CannedJudgeServer, instructions, outputs, references) -> dict:
+    """Per instruction: the chat messages alpaca_eval would send and the preference it would compute from the
+    canned judge's logprobs for them (its preprocessing, prompt, parser and un-switching)."""
+    import pandas as pd
+    from alpaca_eval.utils import prompt_to_chatml
+
+    rows = annotator._preprocess(pd.DataFrame({"instruction": instructions, "output_1": references,
+                                               "output_2": outputs}))
+    prompts, rows = annotator._make_prompts(rows)
+    messages = dict(zip(rows.instruction, (prompt_to_chatml(prompt) for prompt in prompts)))
+    switched = dict(zip(rows.instruction, rows.is_switched_outputs))
+    parsed = [annotator.fn_completion_parser({"logprobs": {"content": [{"top_logprobs": [
+        {"token": token, "logprob": math.log(p)} for token, p in server.top_logprobs(messages[i][-1]["content"])]}]}})[0]
+        for i in rows.instruction]
+    preference = dict(zip(rows.instruction, annotator._postprocess(rows.assign(preference=parsed)).preference))
+    return {i: (messages[i], preference[i], switched[i]) for i in instructions}
+
+
+def test_alpaca_eval_protocol_is_alpaca_evals_prompt_order_and_parser_canned_judge(make_judge, server, tmp_path,
+                                                                                   alpaca_eval_annotator):
+    # braces, quotes and a placeholder-like word in the texts reach the judge as alpaca_eval would send them
+    instructions = [f"Question {i}: which {{fruit}} is \"\"\"red\"\"\"?" for i in range(40)]
+    outputs = [f"{GOOD} {i}" if i % 3 else f"{BAD} {i}" for i in range(40)]
+    references = [f"{BAD} ref {i}" if i % 3 else f"{GOOD} ref {i}" for i in range(40)]
+    judge = make_judge(protocol="alpaca_eval", both_orders=False, max_concurrency=4)
+    judgments = judge_pairs(judge, instructions, outputs, references, tmp_path / "cache.jsonl")
+    oracle = alpaca_eval_oracle(alpaca_eval_annotator, server, instructions, outputs, references)
+    # one request per pair, each exactly the messages alpaca_eval builds, outputs in the order it draws
+    assert server.requests == 40
+    assert sorted(json.dumps(body["messages"]) for body in server.bodies) == \
+        sorted(json.dumps(messages) for messages, _, _ in oracle.values())
+    for body in server.bodies:
+        assert (body["max_tokens"], body["logprobs"], body["top_logprobs"], body["temperature"]) == (1, True, 5, 0)
+    switched = [oracle[i][2] for i in instructions]
+    assert 0 < sum(switched) < 40  # both orders occur
+    # the preference is alpaca_eval's logprob_parser on the same logprobs, un-switched as alpaca_eval does
+    assert preferences(judgments) == pytest.approx([oracle[i][1] for i in instructions])
+    # the canned " M" candidate counts for rt_lab's reader but not for AlpacaEval's exact-token parser
+    assert preferences(judgments) != pytest.approx(preferences(judge_pairs(
+        make_judge(protocol="rt_lab", both_orders=False), instructions, outputs, references, tmp_path / "r.jsonl")))
+
+
+def test_alpaca_eval_order_draw_is_fixed_per_instruction_canned_judge(make_judge, server, tmp_path):
+    instructions = [f"Question {i}?" for i in range(12)]
+    rows = (instructions, [GOOD] * 12, [BAD] * 12)
+    first = judge_pairs(make_judge(protocol="alpaca_eval", both_orders=False), *rows, tmp_path / "a.jsonl")
+    sent = sorted(json.dumps(body["messages"]) for body in server.bodies)
+    # a rerun in another order, with other pairs beside them, shows each pair the same way
+    more = [f"Another question {i}?" for i in range(5)]
+    again = judge_pairs(make_judge(protocol="alpaca_eval", both_orders=False), more + instructions[::-1],
+                        [GOOD] * 17, [BAD] * 17, tmp_path / "b.jsonl")
+    assert preferences(again)[5:] == preferences(first)[::-1]
+    assert set(sent) <= {json.dumps(body["messages"]) for body in server.bodies[12:]}
+    # the model's GOOD output shown first (switched): P(m) = 0.72 / 0.9 -> 1.8; shown second: P(M) = 0.5 / 0.86
+    # (the " M" candidate is not AlpacaEval's token) -> 1 + 0.5 / 0.86
+    assert sorted(set(round(p, 6) for p in preferences(first))) == pytest.approx([1 + 0.5 / 0.86, 1.8])
+
+
+def test_protocols_never_share_cached_judgments_canned_judge(make_judge, server, tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    rows = (["Q1", "Q2"], [GOOD, GOOD], [BAD, BAD])
+    for protocol in ("rt_lab", "alpaca_eval"):
+        judge_pairs(make_judge(protocol=protocol, both_orders=False), *rows, cache)
+    judge_pairs(make_judge(protocol="alpaca_eval", both_orders=True), *rows, cache)
+    assert server.requests == 2 + 2 + 4
+    assert len(cache.read_text().splitlines()) == 6
+
+
+def test_alpaca_eval_protocol_errors_name_the_key_and_the_fix(monkeypatch):
+    from rt_lab.judge_protocols import build_protocol
+
+    with pytest.raises(JudgeError, match=r"judge.annotator=no_such_annotator: alpaca_eval 0.6.6 has no .*choose "
+                                         r"one of \[.*weighted_alpaca_eval_gpt4_turbo"):
+        build_protocol("alpaca_eval", "no_such_annotator")
+    with pytest.raises(JudgeError, match=r"judge.annotator=alpaca_eval_gpt4_turbo_fn .*logprob_parser"):
+        build_protocol("alpaca_eval", "alpaca_eval_gpt4_turbo_fn")
+    with pytest.raises(KeyError, match=r"judge.protocol='alpaca' is not a registered judge protocol"):
+        build_protocol("alpaca")
+    monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # as on an install without the extra
+    with pytest.raises(JudgeError, match=re.escape('pip install "rt_lab[alpaca_eval]"')):
+        build_protocol("alpaca_eval")
+
+
+def test_alpaca_eval_protocol_with_the_local_smollm2_judge(compose, smollm2_path, tmp_path):
+    """hf_local follows the alpaca_eval protocol too (SmolLM2-135M is too weak for its verdicts to mean anything)."""
+    judge = build_judge(compose(["judge=hf_local", "judge.protocol=alpaca_eval", "judge.both_orders=false"]).judge)
+    judgments = judge_pairs(judge, ["Name a primary colour.", "What is 2 + 2?"], ["Red.", "4"], ["Blue.", "5"],
+                            tmp_path / "cache.jsonl")
+    assert all(j.reason is None and 1 <= j.value <= 2 for j in judgments)
