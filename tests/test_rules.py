@@ -9,6 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import SHARED_DATA, needs_shared_data
+
 from rt_lab.rules import (RULES, Diversity, EosRamp, Rule, RuleHead, Step, build_rules, register_rule,
                           resolve_token_strings)
 
@@ -254,3 +256,28 @@ def test_request_head_matches_the_batch_head_at_every_step(tiny_path, tiny_token
             output_ids = input_ids[row, width:].tolist()
             single = heads[row](prompt.ids, output_ids, logits[row])
             torch.testing.assert_close(single, batched[row])
+
+
+@needs_shared_data
+def test_the_two_diversity_scopes_answer_alpacaeval_prompts_differently_on_smollm2(smollm2_path, smollm2_tokenizer):
+    """The real model, greedy, all three paper rules: counting the instruction's tokens (`since_user_tag`) or only
+    the response's (`response`) changes what SmolLM2 writes."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from rt_lab.generate import encode_prompt, generate_batch, generation_config
+    from rt_lab.templates import TagTemplate
+
+    with (SHARED_DATA / "alpaca_eval" / "alpaca_eval.jsonl").open(encoding="utf-8") as handle:
+        instructions = [json.loads(line)["instruction"] for _, line in zip(range(4), handle)]
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    prompts = [encode_prompt(text, TagTemplate(), smollm2_tokenizer, "auto") for text in instructions]
+    config = generation_config(OmegaConf.create({"max_new_tokens": 24, "do_sample": False, "temperature": 1.0,
+                                                 "top_p": 1.0}), smollm2_tokenizer)
+    answers = {}
+    for scope in Diversity.SCOPES:
+        cfg = paper_rules_cfg("eos_ramp", "uniform", "diversity")
+        cfg.diversity.scope = scope
+        answers[scope] = generate_batch(model, smollm2_tokenizer, prompts, config, build_rules(cfg, smollm2_tokenizer))
+    assert sum(a != b for a, b in zip(answers["since_user_tag"], answers["response"])) >= 1
