@@ -362,9 +362,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rt_lab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. judge=openai compare.reference.file=X")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pick-epoch", action="store_true",
+                        help="judge each run's per-epoch outputs (generation.at_epochs) instead and name the best "
+                             "epoch per setting (rt_lab/epoch_selection.py)")
+    args = parser.parse_intermixed_args(argv)  # the flag may follow the overrides
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    compare(args.sweep_dir, comparison_config(args.sweep_dir, args.overrides))
+    cfg = comparison_config(args.sweep_dir, args.overrides)
+    if args.pick_epoch:  # epoch-selection hook; kept apart for the rt_lab.compare package
+        from rt_lab.epoch_selection import report
+
+        report(args.sweep_dir, cfg)
+        return
+    compare(args.sweep_dir, cfg)
 
 
 class CompareCallback(Callback):

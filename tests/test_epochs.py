@@ -13,6 +13,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from conftest import REPO
+from test_compare import judge_overrides, launch, length_judge  # noqa: F401  (a fixture)
 from rt_lab.epochs import EpochSelection, check_at_epochs, epoch_dir
 from rt_lab.export import exporter
 from rt_lab.models import load_tokenizer
@@ -108,3 +110,37 @@ def test_at_epochs_need_training_epochs_and_the_hf_backend(compose):
     with pytest.raises(ValueError, match="generation.backend=hf, not vllm"):
         check_at_epochs(compose(TINY + ["generation.at_epochs=[1]", "generation.backend=vllm"]))
     assert check_at_epochs(compose(TINY)) == []
+
+
+def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tmp_path, length_judge):
+    """`python launch.py ... generation.at_epochs=[1,2]` with a reference file: each epoch is judged in the run
+    (canned judge on loopback, preferring the longer answer); `python -m rt_lab.compare --pick-epoch` reuses
+    those judgments and names the best epoch."""
+    prompts = [json.loads(line)["instruction"] for line in (REPO / "rt_lab" / "sample_data" / "sample_prompts.jsonl")
+               .read_text().splitlines()[:3]]
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps([{"instruction": p, "output": "x" * 20, "generator": "ref"} for p in prompts]))
+    judge = judge_overrides(length_judge)
+    common = [f"compare.reference.file={reference}", *judge]
+    sweep = tmp_path / "sweep"
+    launch([str(REPO / "launch.py"), *[o for o in TINY if o != "logger=none"], "logger=csv", "trainer.lightning.max_epochs=2",
+            "generation.at_epochs=[1,2]", f"hydra.run.dir={sweep}/0", *common], tmp_path)
+    run_dir = sweep / "0"
+    summary = json.loads((run_dir / "epochs" / "summary.json").read_text())
+    assert [row["epoch"] for row in summary] == [1, 2] and all(row["n_total"] == 3 for row in summary)
+    for row in summary:  # recomputed from the outputs: the longer answer wins with p = 0.7
+        answers = outputs(epoch_dir(run_dir, row["epoch"]) / "model_outputs.json")
+        expected = [1.7 if len(a["output"]) > 20 else 1.3 if len(a["output"]) < 20 else 1.5 for a in answers]
+        assert row["win_rate"] == pytest.approx((sum(expected) / 3 - 1) * 100)
+        assert (epoch_dir(run_dir, row["epoch"]) / "vs_reference.json").is_file()
+    logged = (next(run_dir.rglob("metrics.csv"))).read_text()
+    assert "epoch_selection/win_rate" in logged
+    asked = length_judge.requests
+    result = launch(["-m", "rt_lab.compare", str(sweep), "--pick-epoch", *common], tmp_path)
+    assert length_judge.requests == asked  # every pair was judged in the run already
+    best = max(summary, key=lambda row: (row["win_rate"], -row["epoch"]))["epoch"]
+    assert f"tiny rt sample: epoch {best} " in result.stdout
+    assert "| tiny | rt | sample | - | 1 |" in result.stdout
+    picked = json.loads((sweep / "comparison" / "picked_epochs.json").read_text())
+    assert [(p["method"], p["epoch"]) for p in picked] == [("rt", best)]
+    assert (sweep / "comparison" / "win_rate_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
