@@ -24,6 +24,7 @@ Records = Iterable[tuple[int, dict]]
 Format = Callable[[Records, str, "LoadStats"], Iterator[Row]]
 FORMATS = Registry("dataset format")
 register_format = FORMATS.register
+SAMPLERS = Registry("dataset sampler")  # dataset.sample.how: (rows in the source, n, seed) -> row indices
 
 
 @dataclass
@@ -208,9 +209,38 @@ def refusal_rows(cfg: Any, count: int, data_dir: str | None) -> list[Row]:
     return [Row(f"refusal-{i}", pool[i].messages) for i in order[:count]]
 
 
+@SAMPLERS.register("shuffle_first")
+def shuffle_first(num_rows: int, n: int, seed: int) -> list[int]:
+    """An et al.'s subsample: `random.seed(seed); ids = list(range(N)); random.shuffle(ids); ids[:n]`, in that
+    (selection) order."""
+    ids = list(range(num_rows))
+    random.Random(seed).shuffle(ids)
+    return ids[:n]
+
+
+def subsample(rows: list[Row], sample: Any, name: str, source: str) -> list[Row]:
+    """Apply `dataset.sample` ({n, seed, how, rows}); `rows` is the source size the recipe assumes (null: any)."""
+    expected = sample.get("rows")
+    if expected is not None and len(rows) != expected:
+        raise ValueError(
+            f"dataset {name}: dataset.sample.rows={expected}, but {source} has {len(rows)} rows, so the seeded "
+            f"subsample would pick other rows than the recipe's; give the full source with dataset.file=PATH, or set "
+            f"dataset.sample.rows=null to subsample this one anyway")
+    if sample.n > len(rows):
+        raise ValueError(f"dataset {name}: dataset.sample.n={sample.n} but {source} has only {len(rows)} rows")
+    indices = SAMPLERS.lookup(sample.how, "dataset.sample.how")(len(rows), sample.n, sample.seed)
+    log.info("dataset %s: %s sample of %d of %d rows (seed %d), first indices %s", name, sample.how, len(indices),
+             len(rows), sample.seed, indices[:5])
+    return [rows[i] for i in indices]
+
+
 def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
-    """Load a dataset config into validated rows, applying its selection, `limit`, `max_messages` and
-    `refusal_mix`."""
+    """Load a dataset config into validated rows, applying its selection, `limit` (first rows) or `sample` (a
+    seeded subsample), `max_messages` and `refusal_mix`."""
+    sample = cfg.get("sample")
+    if sample and cfg.get("limit") is not None:
+        raise ValueError(f"dataset {cfg.name}: set dataset.limit (first rows) or dataset.sample (a seeded "
+                         "subsample), not both")
     source, reader, format_name = resolve_source(cfg, data_dir)
     build = FORMATS.lookup(format_name, f"dataset {cfg.name}: format")
     stats = LoadStats()
@@ -224,6 +254,8 @@ def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
+    if sample:
+        rows = subsample(rows, sample, cfg.name, source)
     stats.kept = len(rows)
     log.info("dataset %s from %s: kept %d rows; left out %s", cfg.name, source, stats.kept, stats.left_out or "none")
     if not rows:

@@ -67,8 +67,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
         attention[row, width - len(prompt.ids):] = 1
     processors = LogitsProcessorList()
     if rules:
-        scope = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts])
-        processors.append(RuleHead(rules, torch.full((len(prompts),), width), scope))
+        instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts])
+        processors.append(RuleHead(rules, torch.full((len(prompts),), width), instruction_start))
     device = next(model.parameters()).device
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                             generation_config=config, logits_processor=processors)

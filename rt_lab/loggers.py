@@ -9,7 +9,7 @@ import netrc
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
@@ -98,28 +98,3 @@ def finish_wandb() -> None:
         if wandb.run is not None:
             wandb.finish()
 
-
-def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Any], metrics: Sequence[dict],
-                   table: Sequence[dict], images: Sequence[Path]) -> None:
-    """The comparison in W&B: each job's own run gets its win-rate metrics and a table of (instruction, output,
-    reference, preference) rows; a sweep-level summary run gets the summary tables and the plots."""
-    import wandb
-
-    common = {"project": wandb_cfg.get("project"), "entity": wandb_cfg.get("entity"), "group": sweep_dir.name,
-              "mode": "offline" if wandb_offline(wandb_cfg.get("offline")) else "online", "resume": "allow"}
-    for comparison in comparisons:
-        run_dir = comparison.run.dir
-        with wandb.init(id=wandb_run_id(run_dir), dir=str(run_dir), **common) as run:
-            prefix = f"compare/vs_{comparison.reference.name}"
-            run.summary.update({f"{prefix}/{key}": value for key, value in comparison.metrics.items()
-                                if isinstance(value, (int, float))})
-            columns = ["instruction", "output", "reference", "preference", "reason"]
-            run.log({f"{prefix}/judgments": wandb.Table(
-                columns=columns, data=[[row[c] for c in columns] for row in comparison.rows])})
-    out = sweep_dir / "comparison"
-    with wandb.init(id=wandb_run_id(out), dir=str(out), name=f"{sweep_dir.name}-summary", job_type="compare",
-                    **common) as run:
-        for name, rows in (("summary", metrics), ("table", table)):
-            columns = list(dict.fromkeys(key for row in rows for key in row))
-            run.log({name: wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
-        run.log({image.stem: wandb.Image(str(image)) for image in images})

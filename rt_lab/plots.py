@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 
 def win_rates(table: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """`win_rates.png` from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds, error bars = the
-    std over seeds (one seed: the judge's standard error); the dashed line is parity with the reference."""
+    """`win_rates.png` from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds (× references),
+    error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on cluster nodes

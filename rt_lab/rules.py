@@ -32,7 +32,13 @@ class Step:
 
     input_ids: torch.Tensor  # (B, L): left-padded prompts + generated tokens so far
     generated: torch.Tensor  # (B,): tokens generated so far after the prompt (`t` in the paper)
-    present: torch.Tensor  # (B, V) bool: distinct tokens in the diversity scope so far
+    last_seen: torch.Tensor  # (B, V): position of each token's latest occurrence since the instruction; -1: none
+    scope_starts: dict[str, torch.Tensor]  # scope name -> (B,) its first position in the padded input
+
+    def present(self, scope: str) -> torch.Tensor:
+        """(B, V) bool: the tokens that occur in `scope` so far. A token's latest occurrence lies inside a scope
+        that runs to the end of the sequence iff any occurrence does, so one position table serves every scope."""
+        return self.last_seen >= self.scope_starts[scope].to(self.last_seen.device)[:, None]
 
 
 class Rule:
@@ -132,7 +138,7 @@ class Diversity(Rule):
         self.weight, self.penalty, self.scope = weight, penalty, scope
 
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
-        return -self.penalty * step.present.float()
+        return -self.penalty * step.present(self.scope).float()
 
 
 @register_rule("start")
@@ -182,31 +188,32 @@ def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
 
 class RuleHead(LogitsProcessor):
     """Product of experts over one generate call. `response_start[b]` is where row b's response begins in the
-    padded input (t counts from there); `scope_start[b]` is where its diversity scope begins. Both stay right
-    for ragged, left-padded batches; a finished row's scores are ignored by `generate`."""
+    padded input (t counts from there, and the `response` scope starts there); `instruction_start[b]` is where its
+    instruction begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; a finished
+    row's scores are ignored by `generate`."""
 
-    def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, scope_start: torch.Tensor) -> None:
+    def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, instruction_start: torch.Tensor) -> None:
         self.rules = list(rules)
         self.response_start = response_start
-        self.scope_start = scope_start
-        self.present: torch.Tensor | None = None
+        self.scope_starts = {"since_user_tag": instruction_start, "response": response_start}
+        self.last_seen: torch.Tensor | None = None
         self.seen = 0
 
-    def _update_present(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    def _update_last_seen(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
         batch, length = input_ids.shape
-        if self.present is None:
-            self.present = torch.zeros(batch, vocab_size + 1, dtype=torch.bool, device=input_ids.device)
-        positions = torch.arange(self.seen, length, device=input_ids.device)
+        if self.last_seen is None:
+            self.last_seen = torch.full((batch, vocab_size + 1), -1, dtype=torch.long, device=input_ids.device)
+        positions = torch.arange(self.seen, length, device=input_ids.device).expand(batch, -1)
         tokens = input_ids[:, self.seen:]
-        in_scope = positions[None, :] >= self.scope_start.to(input_ids.device)[:, None]
-        # out-of-scope tokens land in a spare column that no score reads
-        self.present.scatter_(1, torch.where(in_scope, tokens, vocab_size), True)
+        start = self.scope_starts["since_user_tag"].to(input_ids.device)[:, None]
+        # tokens before the instruction (padding, BOS, the user tag) land in a spare column that no score reads
+        self.last_seen.scatter_reduce_(1, torch.where(positions >= start, tokens, vocab_size), positions, "amax")
         self.seen = length
-        return self.present[:, :vocab_size]
+        return self.last_seen[:, :vocab_size]
 
     def rule_scores(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
         generated = input_ids.shape[1] - self.response_start.to(input_ids.device)
-        step = Step(input_ids, generated, self._update_present(input_ids, vocab_size))
+        step = Step(input_ids, generated, self._update_last_seen(input_ids, vocab_size), self.scope_starts)
         r = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
         for rule in self.rules:
             r += rule.weight * rule.scores(step, vocab_size)

@@ -12,7 +12,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import SHARED_DATA, needs_shared_data
-from rt_lab.datasets import FORMATS, LoadStats, load_rows
+from rt_lab.datasets import FORMATS, SAMPLERS, LoadStats, load_rows
 from rt_lab.prompts import load_prompts
 from rt_lab.rows import RowError
 
@@ -110,6 +110,44 @@ def test_dolly_mirror(compose):
     assert rows[with_input].messages[0].content == record["instruction"] + "\n\n" + record["input"]
     assert rows[with_input].messages[1].content == record["output"]
     assert rows[without_input].messages[0].content == records[without_input]["instruction"]
+
+
+INDICES = SHARED_DATA / "an_rt" / "subsample_indices"
+
+
+@needs_shared_data
+@pytest.mark.parametrize("file", ["alpaca_cleaned_1000_indices.json", "dolly15k_1000_indices.json"])
+def test_shuffle_first_reproduces_an_et_al_subsample_indices(file):
+    recorded = json.loads((INDICES / file).read_text(encoding="utf-8"))
+    assert SAMPLERS["shuffle_first"](recorded["assumed_num_rows"], 1000, 0) == recorded["indices"]
+
+
+@pytest.mark.parametrize("option,size", [("alpaca_an", 51760), ("dolly_an", 15011)])
+def test_an_subsample_configs_pick_the_recorded_rows_in_order(compose, tmp_path, option, size):
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) + "\n"
+                              for i in range(size)), encoding="utf-8")
+    cfg = compose([f"dataset={option}", f"dataset.file={source}", "dataset.format=alpaca"]).dataset
+    rows = load_rows(cfg)
+    picked = [int(row.messages[0].content[1:]) for row in rows]
+    assert picked == SAMPLERS["shuffle_first"](size, 1000, 0)
+    recorded = INDICES / f"{'alpaca_cleaned' if option == 'alpaca_an' else 'dolly15k'}_1000_indices.json"
+    if recorded.is_file():
+        assert picked == json.loads(recorded.read_text(encoding="utf-8"))["indices"]
+
+
+@needs_shared_data
+def test_a_subsample_of_a_source_of_another_size_is_refused(compose):
+    with pytest.raises(ValueError, match=r"dataset\.sample\.rows=15011, but .*dolly_2k_subset_sdft\.json has 2000"):
+        load_rows(compose(["dataset=dolly_an"]).dataset, data_dir=DATA_DIR)
+    rows = load_rows(compose(["dataset=dolly_an", "dataset.sample.rows=null"]).dataset, data_dir=DATA_DIR)
+    assert len(rows) == 1000
+
+
+def test_limit_and_sample_together_are_refused(compose):
+    with pytest.raises(ValueError, match="not both"):
+        load_rows(compose(["dataset=sample", "dataset.limit=4",
+                           "dataset.sample={n: 2, seed: 0, how: shuffle_first, rows: null}"]).dataset)
 
 
 @needs_shared_data

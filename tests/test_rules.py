@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rt_lab.rules import RULES, EosRamp, Rule, RuleHead, Step, build_rules, register_rule, resolve_token_strings
+from rt_lab.rules import (RULES, Diversity, EosRamp, Rule, RuleHead, Step, build_rules, register_rule,
+                          resolve_token_strings)
 
 PAPER_TABLE_LLAMA2 = {"<": 29966, " <": 529, "|": 29989, " I": 306, "I": 29902, " We": 1334, "What": 5618,
                       " should": 881, " *": 334, " -": 448, "   ": 1678, " #": 396, " ##": 444, "\n": 13, "!": 29991}
@@ -59,9 +60,12 @@ def test_resolution_on_the_real_smollm2_tokenizer(smollm2_tokenizer):
 
 
 def step(generated, present=None, vocab=8):
+    """A Step whose tokens in `present` (B, V bool) occur in every scope."""
     generated = torch.tensor(generated)
     present = torch.zeros(len(generated), vocab, dtype=torch.bool) if present is None else present
-    return Step(torch.zeros(len(generated), 1, dtype=torch.long), generated, present)
+    starts = torch.zeros(len(generated), dtype=torch.long)
+    return Step(torch.zeros(len(generated), 1, dtype=torch.long), generated, present.long() - 1,
+                {"since_user_tag": starts, "response": starts})
 
 
 def test_eos_ramp_matches_the_formula(tiny_tokenizer):
@@ -98,10 +102,24 @@ def test_diversity_penalises_each_present_token_once():
         RULES["diversity"](None, scope="everything")
 
 
+def test_diversity_scopes_differ_on_repeated_instruction_tokens():
+    """Instruction [5, 5, 6] then tags [1, 2], response so far [7, 6]: `since_user_tag` penalises 5, 6, 1, 2, 7
+    once each; `response` only 7 and 6. Padding and BOS before the instruction count in neither."""
+    input_ids = torch.tensor([[0, 0, 9, 5, 5, 6, 1, 2, 7, 6]])
+    scores = {}
+    for scope in Diversity.SCOPES:
+        head = RuleHead([Diversity(None, penalty=1.5, scope=scope)], response_start=torch.tensor([8]),
+                        instruction_start=torch.tensor([3]))
+        scores[scope] = head.rule_scores(input_ids, 10)[0]
+    penalised = {scope: sorted((r == -1.5).nonzero().flatten().tolist()) for scope, r in scores.items()}
+    assert penalised == {"since_user_tag": [1, 2, 5, 6, 7], "response": [6, 7]}
+    assert all(((r == 0) | (r == -1.5)).all() for r in scores.values())
+
+
 def test_weights_scale_rules_and_the_head_is_a_product_of_experts(tiny_tokenizer):
     vocab = len(tiny_tokenizer)
     rules = build_rules(OmegaConf.create({"enabled": ["eos_ramp"], "eos_ramp": {"weight": 2.0}}), tiny_tokenizer)
-    head = RuleHead(rules, response_start=torch.tensor([2, 3]), scope_start=torch.tensor([0, 0]))
+    head = RuleHead(rules, response_start=torch.tensor([2, 3]), instruction_start=torch.tensor([0, 0]))
     input_ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 8, 9]])  # t = 3 and 2
     logits = torch.randn(2, vocab)
     out = head(input_ids, logits)
@@ -141,7 +159,8 @@ class Spy(Rule):
         self.calls = []
 
     def scores(self, step, vocab_size):
-        self.calls.append((step.input_ids.clone(), step.generated.clone(), step.present.clone()))
+        self.calls.append((step.input_ids.clone(), step.generated.clone(), step.present("since_user_tag"),
+                           step.present("response")))
         return torch.zeros(len(step.generated), vocab_size)
 
 
@@ -160,11 +179,11 @@ def test_per_row_state_in_a_ragged_left_padded_kv_cached_batch(tiny_path, tiny_t
     generate_batch(model, tiny_tokenizer, prompts, config, [spy])
     width = max(len(p.ids) for p in prompts)
     assert [c[1].tolist() for c in spy.calls] == [[t] * 3 for t in range(len(spy.calls))]
-    for input_ids, generated, present in spy.calls:
+    for input_ids, generated, since_user_tag, response in spy.calls:
         for row, prompt in enumerate(prompts):
-            scope_start = width - len(prompt.ids) + prompt.instruction_start
-            expected = set(input_ids[row, scope_start:].tolist())
-            assert set(present[row].nonzero().flatten().tolist()) == expected
+            instruction_start = width - len(prompt.ids) + prompt.instruction_start
+            assert set(since_user_tag[row].nonzero().flatten().tolist()) == set(input_ids[row, instruction_start:].tolist())
+            assert set(response[row].nonzero().flatten().tolist()) == set(input_ids[row, width:].tolist())
     assert tiny_tokenizer.decode(prompts[0].ids[prompts[0].instruction_start:]) == "Hi\n<|assistant|>\n"
 
 
@@ -206,15 +225,19 @@ def test_a_rule_can_be_added_in_a_few_lines(tiny_tokenizer):
         RULES.pop("ban_eos_test")
 
 
-def test_request_head_matches_the_batch_head_at_every_step(tiny_path, tiny_tokenizer):
-    """The per-request form (vLLM's logits-processor adapter) scores exactly as the batched head."""
+@pytest.mark.parametrize("scope", ["since_user_tag", "response"])
+def test_request_head_matches_the_batch_head_at_every_step(tiny_path, tiny_tokenizer, scope):
+    """The per-request form (vLLM's logits-processor adapter) scores exactly as the batched head, in each
+    diversity scope."""
     from transformers import AutoModelForCausalLM
 
     from rt_lab.generate import encode_prompt, generate_batch, generation_config
     from rt_lab.rules import RequestRuleHead
     from rt_lab.templates import TagTemplate
 
-    rules = build_rules(paper_rules_cfg("eos_ramp", "uniform", "diversity"), tiny_tokenizer)
+    cfg = paper_rules_cfg("eos_ramp", "uniform", "diversity")
+    cfg.diversity.scope = scope
+    rules = build_rules(cfg, tiny_tokenizer)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in ["Hi", "Tell me a long story."]]
     spy = Spy()
@@ -224,7 +247,7 @@ def test_request_head_matches_the_batch_head_at_every_step(tiny_path, tiny_token
     heads = [RequestRuleHead(rules, p.instruction_start) for p in prompts]
     batch_head = RuleHead(rules, torch.full((2,), width),
                           torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts]))
-    for input_ids, _, _ in spy.calls:
+    for input_ids, *_ in spy.calls:
         logits = torch.randn(2, len(tiny_tokenizer))
         batched = batch_head(input_ids, logits)
         for row, prompt in enumerate(prompts):

@@ -1,0 +1,3 @@
+from rt_lab.compare.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""Judge every finished run of a sweep against its reference and write win-rate tables, plots and W&B tables.
+
+The command `python -m rt_lab.compare SWEEP_DIR [overrides]`, and the Hydra callback that runs the same when a
+multirun ends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rt_lab.compare.judging import compare_pair
+from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
+from rt_lab.compare.runs import (OUT, find_runs, missing_jobs, pair_runs, reference_sweep_dirs,
+                                 varying_overrides)
+from rt_lab.io import atomic_write_text
+from rt_lab.judges import build_judge
+
+def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
+    """Judge every finished run of the sweep against its reference; returns the comparison dir (None when
+    nothing could be compared)."""
+    from rt_lab import plots
+    from rt_lab.compare.wandb_log import log_comparison
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such sweep dir")
+    runs = find_runs(sweep_dir)
+    notes = missing_jobs(sweep_dir, runs)
+    pairs, unpaired = pair_runs(runs, cfg.compare)
+    notes += unpaired
+    out = sweep_dir / OUT
+    if not pairs:
+        print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *notes, sep="\n")
+        return None
+    if cfg.get("judge") is None:
+        raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
+    judge = build_judge(cfg.judge)
+    comparisons = []
+    varying = varying_overrides([run for run, _ in pairs])
+    for run, reference in pairs:
+        comparisons.append(compare_pair(run, reference, judge, out / "judgments.jsonl",
+                                        cfg.compare.length_controlled, varying))
+    metrics = [c.metrics for c in comparisons]
+    table = aggregate(metrics)
+    write_csv(out / "summary.csv", metrics)
+    write_csv(out / "table.csv", table)
+    text = markdown(table, notes, judge.identity(), reference_sweep_dirs(cfg.compare))
+    atomic_write_text(out / "summary.md", text)
+    images = plots.win_rates(table, out)
+    atomic_write_text(out / "alpaca_eval_commands.sh", alpaca_eval_commands(comparisons))
+    if cfg.get("logger") and cfg.logger.get("wandb"):
+        log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
+    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {out / 'summary.csv'}, {out / 'summary.md'}, "
+          + ", ".join(str(image) for image in images), flush=True)
+    return out
+
+
+def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """The root config with the sweep's own judge/compare/logger choices and its preset (`sweeps=`, which may set
+    compare/) from its multirun.yaml, then `overrides` on top."""
+    from hydra import compose, initialize_config_dir
+
+    import rt_lab  # noqa: F401  (resolvers)
+
+    inherited = []
+    saved = sweep_dir / "multirun.yaml"
+    if saved.is_file():
+        task = OmegaConf.load(saved).hydra.overrides.task
+        inherited = [str(o) for o in task
+                     if str(o).lstrip("+~").split("=")[0].replace("/", ".").split(".")[0]
+                     in ("judge", "compare", "logger", "paths", "sweeps")]
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("config", overrides=inherited + list(overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rt_lab.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. judge=openai compare.reference.file=X")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    compare(args.sweep_dir, comparison_config(args.sweep_dir, args.overrides))
+
+
+class CompareCallback(Callback):
+    """Hydra callback: compare the sweep when a multirun ends (not after a dry run)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.launcher.get("dry_run") or not config.compare.get("at_sweep_end", True):
+            return
+        compare(Path(str(config.hydra.sweep.dir)), config)
+

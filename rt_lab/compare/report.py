@@ -1,0 +1,100 @@
+"""What a comparison reports: the mean ± std table over seeds (and references), its markdown, CSV files, and the
+same pairs as official AlpacaEval CLI commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from rt_lab.compare.judging import Comparison
+from rt_lab.compare.runs import OUT
+from rt_lab.io import atomic_write_text
+
+
+def aggregate(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of each (model, method, dataset, setting, reference kind) over its
+    comparisons: its seeds, times its references where a run has several (`compare.reference.multiple=all`, e.g.
+    Hewitt et al.'s rule head against each of the 5 IT seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in metrics:
+        key = (row["model"], row["method"], row["dataset"], row["setting"], row["reference_kind"])
+        groups.setdefault(key, []).append(row)
+    table = []
+    for (model, method, dataset, setting, reference), rows in groups.items():
+        rates = [row["win_rate"] for row in rows if not math.isnan(row["win_rate"])]
+        lc = [row["lc_win_rate"] for row in rows if not math.isnan(row.get("lc_win_rate", math.nan))]
+        per_run = Counter(row["run"] for row in rows)  # references of each run
+        table.append({
+            "model": model, "method": method, "dataset": dataset, "setting": setting, "reference": reference,
+            "seeds": len(per_run), "references": reference_counts(list(per_run.values())),
+            "win_rate": statistics.fmean(rates) if rates else math.nan,
+            "win_rate_std": statistics.stdev(rates) if len(rates) > 1 else math.nan,
+            # one comparison: the judge's standard error is the only spread there is
+            "standard_error": rows[0]["standard_error"] if len(rows) == 1 else math.nan,
+            "lc_win_rate": statistics.fmean(lc) if lc else math.nan,
+            "lc_win_rate_std": statistics.stdev(lc) if len(lc) > 1 else math.nan,
+            "n_unparsable": sum(row["n_unparsable"] for row in rows),
+        })
+    return sorted(table, key=lambda row: (row["model"], row["dataset"], row["setting"], row["method"]))
+
+
+def reference_counts(counts: Sequence[int]) -> int | str:
+    """References per run: 3, or "2-3" where some runs have fewer (one unfinished)."""
+    low, high = min(counts), max(counts)
+    return low if low == high else f"{low}-{high}"
+
+
+def spread(row: dict[str, Any], metric: str = "win_rate") -> str:
+    mean, std = row[metric], row[f"{metric}_std"]
+    if math.isnan(mean):
+        return "-"
+    if not math.isnan(std):
+        return f"{mean:.1f} ± {std:.1f}"
+    if metric == "win_rate" and not math.isnan(row["standard_error"]):
+        return f"{mean:.1f} (se {row['standard_error']:.1f})"
+    return f"{mean:.1f}"
+
+
+def markdown(table: Sequence[dict[str, Any]], notes: Sequence[str], judge: dict[str, Any],
+             reference_sweeps: Sequence[Path] = ()) -> str:
+    has_lc = any(not math.isnan(row["lc_win_rate"]) for row in table)
+    head = ["model", "method", "dataset", "setting", "reference", "seeds", "references", "win rate"] + (
+        ["LC win rate"] if has_lc else [])
+    lines = [f"Win rate (%) of each method against its reference; mean ± std over a row's comparisons (seeds × "
+             f"references; one comparison: ± the judge's standard error). Judge: {json.dumps(judge)}"]
+    if reference_sweeps:
+        lines.append(f"References from this sweep and {', '.join(str(sweep) for sweep in reference_sweeps)}.")
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [row["model"], row["method"], row["dataset"], row["setting"] or "-", row["reference"],
+                 str(row["seeds"]), str(row["references"]), spread(row)] + (
+            [spread(row, "lc_win_rate")] if has_lc else [])
+        cells[-1 - has_lc] += f" ({row['n_unparsable']} unparsable)" if row["n_unparsable"] else ""
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if notes:
+        lines += ["", f"Not in this table ({len(notes)}):", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def alpaca_eval_commands(comparisons: Sequence[Comparison]) -> str:
+    """The official AlpacaEval CLI on each pair (its LC win rate with its own annotator)."""
+    lines = ["# The same pairs through the official AlpacaEval CLI (pip install alpaca_eval; OPENAI_API_KEY set)."]
+    for c in comparisons:
+        lines.append(f"alpaca_eval --model_outputs {c.run.dir / 'model_outputs.json'} --reference_outputs "
+                     f"{c.reference.path} --output_path {c.run.dir / OUT / f'alpaca_eval_{c.name}'}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,36 @@
+"""A comparison in W&B, next to the runs' training logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from rt_lab.compare.judging import Comparison
+from rt_lab.compare.runs import OUT
+from rt_lab.loggers import wandb_offline, wandb_run_id
+
+
+def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Comparison], metrics: Sequence[dict],
+                   table: Sequence[dict], images: Sequence[Path]) -> None:
+    """The comparison in W&B: each job's own run gets its win-rate metrics and a table of (instruction, output,
+    reference, preference) rows; a sweep-level summary run gets the summary tables and the plots."""
+    import wandb
+
+    common = {"project": wandb_cfg.get("project"), "entity": wandb_cfg.get("entity"), "group": sweep_dir.name,
+              "mode": "offline" if wandb_offline(wandb_cfg.get("offline")) else "online", "resume": "allow"}
+    for comparison in comparisons:
+        run_dir = comparison.run.dir
+        with wandb.init(id=wandb_run_id(run_dir), dir=str(run_dir), **common) as run:
+            prefix = f"compare/{comparison.name}"
+            run.summary.update({f"{prefix}/{key}": value for key, value in comparison.metrics.items()
+                                if isinstance(value, (int, float))})
+            columns = ["instruction", "output", "reference", "preference", "reason"]
+            run.log({f"{prefix}/judgments": wandb.Table(
+                columns=columns, data=[[row[c] for c in columns] for row in comparison.rows])})
+    out = sweep_dir / OUT
+    with wandb.init(id=wandb_run_id(out), dir=str(out), name=f"{sweep_dir.name}-summary", job_type="compare",
+                    **common) as run:
+        for name, rows in (("summary", metrics), ("table", table)):
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            run.log({name: wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
+        run.log({image.stem: wandb.Image(str(image)) for image in images})
