@@ -17,8 +17,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from rt_lab.compare import OUT, describe, find_runs, varying_overrides, write_csv
-from rt_lab.epochs import EPOCHS, ReferenceFile, epoch_dir, judge_outputs
+from rt_lab.compare.report import write_csv
+from rt_lab.compare.runs import OUT, Reference, describe, find_runs, reference_file, varying_overrides
+from rt_lab.epochs import EPOCHS, epoch_dir, judge_epoch
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, build_judge
 
@@ -34,16 +35,16 @@ def finished_epochs(run_dir: Path) -> list[int]:
     return sorted(epoch for epoch in found if (epoch_dir(run_dir, epoch) / "model_outputs.json").is_file())
 
 
-def judge_runs(sweep_dir: Path, reference: ReferenceFile, judge: Judge) -> list[dict[str, Any]]:
+def judge_runs(sweep_dir: Path, reference: Reference, judge: Judge, cfg: Any) -> list[dict[str, Any]]:
     """One row per (run, epoch with outputs): where the run sits in the table, the epoch, its metrics."""
     runs = [(run, epochs) for run in find_runs(sweep_dir) if (epochs := finished_epochs(run.dir))]
     varying = varying_overrides([run for run, _ in runs])
     rows = []
     for run, epochs in runs:
         for epoch in epochs:
-            metrics = judge_outputs(judge, reference, epoch_dir(run.dir, epoch), run.dir / EPOCHS / "judgments.jsonl")
-            rows.append({**describe(run, varying), "run": run.name, "dir": str(run.dir), "finished": run.done,
-                         "epoch": epoch, **{k: v for k, v in metrics.items() if k != "judge"}})
+            metrics = judge_epoch(judge, reference, run.dir, epoch, run.cfg, cfg.compare.length_controlled)
+            rows.append({**metrics, **describe(run, varying), "dir": str(run.dir), "finished": run.done,
+                         "epoch": epoch})
     return rows
 
 
@@ -87,7 +88,7 @@ def spread(row: dict[str, Any]) -> str:
     return f"{row['win_rate']:.1f}"
 
 
-def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], reference: ReferenceFile,
+def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], reference: Reference,
              judge: dict[str, Any], notes: Sequence[str]) -> str:
     epochs = sorted({row["epoch"] for row in table})
     cells = {tuple(row[k] for k in SETTING + ("epoch",)): row for row in table}
@@ -154,9 +155,9 @@ def report(sweep_dir: Path, cfg: Any) -> Path | None:
                          "(Hewitt et al.: ${paths.data_dir}/hewitt/val_eval/val-gpt3.5-2.json)")
     if cfg.get("judge") is None:
         raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
-    reference = ReferenceFile.load(Path(file).expanduser())
+    reference = reference_file(file)
     judge = build_judge(cfg.judge)
-    rows = judge_runs(sweep_dir, reference, judge)
+    rows = judge_runs(sweep_dir, reference, judge, cfg)
     if not rows:
         print(f"rt_lab compare {sweep_dir} --pick-epoch: no run has per-epoch outputs (generation.at_epochs)")
         return None

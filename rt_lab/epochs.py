@@ -5,8 +5,9 @@ loaded back and answer the eval prompts into `<run_dir>/epochs/<N>/model_outputs
 run of N epochs would generate after training (the invariant of rt_lab.run: a run generates from what its
 export loads back). The export is deleted once its outputs are written. The last epoch is the run's own
 generation stage: its `model_outputs.json` is copied into `epochs/<max_epochs>/`. With `compare.reference.file`
-set, each epoch's outputs are judged against it (`epochs/<N>/vs_<reference>.json`, cache
-`epochs/judgments.jsonl`) and `epoch_selection/win_rate` is logged; `epochs/summary.json` lists every epoch.
+set, each epoch's outputs are judged against it as rt_lab.compare judges a run
+(`epochs/<N>/comparison/vs_<reference>.json`, cache `epochs/judgments.jsonl`) and `epoch_selection/win_rate` is
+logged; `epochs/summary.json` lists every epoch.
 
 An epoch's `model_outputs.json` (written atomically, last) is its marker: a requeued run skips finished epochs.
 Epoch k+1 never trains before epoch k's outputs exist, so a checkpoint past an epoch's end implies its outputs.
@@ -34,12 +35,13 @@ from omegaconf import ListConfig
 from rt_lab.adapters import apply_adapter
 from rt_lab.export import Base, Export, free_memory
 from rt_lab.generate import generate_outputs, hf_batch_generator
-from rt_lab.io import atomic_write_json, atomic_write_text, read_records
-from rt_lab.judges import Judge, JudgeError, build_judge, judge_pairs
+from rt_lab.compare.judging import compare_pair, safe_name
+from rt_lab.compare.runs import OUT, Reference, Run, reference_file
+from rt_lab.io import atomic_write_json, atomic_write_text
+from rt_lab.judges import Judge, JudgeError, build_judge
 from rt_lab.precision import cast_full_fine_tune, keep_master_weights_fp32
 from rt_lab.prompts import Prompt
 from rt_lab.rules import build_rules
-from rt_lab.winrate import summarize
 
 log = logging.getLogger(__name__)
 
@@ -79,43 +81,13 @@ def epoch_dir(run_dir: Path, epoch: int) -> Path:
     return run_dir / EPOCHS / str(epoch)
 
 
-@dataclass(frozen=True)
-class ReferenceFile:
-    """A fixed reference (AlpacaEval `model_outputs.json`) that every epoch is judged against."""
-
-    name: str  # its generator
-    path: Path
-    outputs: dict[str, str]  # by instruction
-
-    @classmethod
-    def load(cls, path: Path) -> ReferenceFile:
-        records = [record for _, record in read_records(path)]
-        name = str(records[0].get("generator", path.stem)) if records else path.stem
-        return cls(name, path, {record["instruction"]: record["output"] for record in records})
-
-    def verdicts(self, out_dir: Path) -> Path:
-        """The judged rows of the outputs in `out_dir` (file stems are safe file names; generators may not be)."""
-        return out_dir / f"vs_{self.path.stem}.json"
-
-
-def judge_outputs(judge: Judge, reference: ReferenceFile, out_dir: Path, cache: Path) -> dict[str, Any]:
-    """Judge `out_dir/model_outputs.json` against the reference (AlpacaEval order: reference first), write the
-    rows and metrics next to it, return the metrics. Cached pairs are not asked again."""
-    path = out_dir / "model_outputs.json"
-    records = [record for _, record in read_records(path)]
-    for index, record in enumerate(records):
-        if record["instruction"] not in reference.outputs:
-            raise ValueError(f"{path} item {index}: instruction {record['instruction'][:60]!r} has no output in "
-                             f"the reference {reference.path}")
-    instructions = [record["instruction"] for record in records]
-    outputs = [record["output"] for record in records]
-    references = [reference.outputs[instruction] for instruction in instructions]
-    judgments = judge_pairs(judge, instructions, outputs, references, cache)
-    metrics = {**summarize([j.value for j in judgments]), "reference": reference.name, "judge": judge.identity()}
-    rows = [{"instruction": i, "output": o, "reference": r, "preference": j.value, "reason": j.reason}
-            for i, o, r, j in zip(instructions, outputs, references, judgments)]
-    atomic_write_json(reference.verdicts(out_dir), {"metrics": metrics, "rows": rows})
-    return metrics
+def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: Any,
+                length_controlled: str) -> dict[str, Any]:
+    """An epoch's outputs judged like a sweep comparison judges a run (rt_lab.compare): the rows in
+    `epochs/<N>/comparison/vs_<reference>.json`, the judgments cached in `epochs/judgments.jsonl`."""
+    epoch_run = Run(epoch_dir(run_dir, epoch), run_cfg, [])
+    return compare_pair(epoch_run, reference, judge, run_dir / EPOCHS / "judgments.jsonl", length_controlled,
+                        set()).metrics
 
 
 @contextlib.contextmanager
@@ -156,7 +128,7 @@ class EpochSelection:
     run_dir: Path
     loggers: Sequence[Any]
     epochs: list[int]
-    reference: ReferenceFile | None = None
+    reference: Reference | None = None
     judge: Judge | None = None
 
     @classmethod
@@ -168,7 +140,7 @@ class EpochSelection:
         if not epochs:
             return None
         file = cfg.get("compare", {}).get("reference", {}).get("file")
-        reference = ReferenceFile.load(Path(file).expanduser()) if file else None
+        reference = reference_file(file) if file else None
         judge = None
         if reference and cfg.get("judge"):
             with preserved_rng():  # a local judge's loading must not shift training's random streams
@@ -210,8 +182,8 @@ class EpochSelection:
         if self.judge is None:
             return
         try:
-            metrics = judge_outputs(self.judge, self.reference, epoch_dir(self.run_dir, epoch),
-                                    self.run_dir / EPOCHS / "judgments.jsonl")
+            metrics = judge_epoch(self.judge, self.reference, self.run_dir, epoch, self.cfg,
+                                  self.cfg.compare.length_controlled)
         except JudgeError as err:
             log.warning("epoch %d: not judged (%s)", epoch, err)
             return
@@ -237,7 +209,8 @@ class EpochSelection:
         rows = []
         for epoch in self.epochs:
             row: dict[str, Any] = {"epoch": epoch, "outputs": self.done(epoch)}
-            verdicts = self.reference.verdicts(epoch_dir(self.run_dir, epoch)) if self.reference else None
+            verdicts = epoch_dir(self.run_dir, epoch) / OUT / f"vs_{safe_name(self.reference.name)}.json" \
+                if self.reference else None
             if verdicts and verdicts.is_file():
                 row.update(json.loads(verdicts.read_text(encoding="utf-8"))["metrics"])
             rows.append(row)

@@ -132,7 +132,7 @@ def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tm
         answers = outputs(epoch_dir(run_dir, row["epoch"]) / "model_outputs.json")
         expected = [1.7 if len(a["output"]) > 20 else 1.3 if len(a["output"]) < 20 else 1.5 for a in answers]
         assert row["win_rate"] == pytest.approx((sum(expected) / 3 - 1) * 100)
-        assert (epoch_dir(run_dir, row["epoch"]) / "vs_reference.json").is_file()
+        assert (epoch_dir(run_dir, row["epoch"]) / "comparison" / "vs_ref.json").is_file()
     logged = (next(run_dir.rglob("metrics.csv"))).read_text()
     assert "epoch_selection/win_rate" in logged
     asked = length_judge.requests
