@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab import plots
 from rt_lab.compare.report import write_csv
 from rt_lab.compare.runs import OUT, Reference, describe, find_runs, reference_file, varying_overrides
 from rt_lab.epochs import EPOCHS, epoch_dir, judge_epoch
@@ -108,42 +109,6 @@ def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], r
     return "\n".join(lines) + "\n"
 
 
-def plot(table: Sequence[dict[str, Any]], out_dir: Path) -> Path:
-    """`win_rate_vs_epoch.png`: one panel per model, one line per method x dataset x setting, error bars as
-    in the table; the dashed line is parity with the reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on cluster nodes
-    import matplotlib.pyplot as plt
-
-    models = sorted({row["model"] for row in table})
-    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
-    for axis, model in zip(axes[0], models):
-        lines: dict[tuple, list[dict]] = {}
-        for row in table:
-            if row["model"] == model:
-                lines.setdefault(tuple(row[k] for k in SETTING[1:]), []).append(row)
-        for (method, dataset, setting), rows in sorted(lines.items()):
-            errors = [next((row[k] for k in ("win_rate_std", "standard_error") if not math.isnan(row[k])), 0.0)
-                      for row in rows]
-            axis.errorbar([row["epoch"] for row in rows], [row["win_rate"] for row in rows], yerr=errors,
-                          marker="o", capsize=3, label=" ".join(p for p in (method, dataset, setting) if p))
-        axis.axhline(50, color="grey", linestyle="--", linewidth=1)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("win rate (%)")
-        axis.set_ylim(0, 100)
-        axis.set_title(model, fontsize=9)
-        axis.legend(fontsize=7, frameon=False)
-    figure.tight_layout()
-    path = out_dir / "win_rate_vs_epoch.png"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
-    return path
-
-
 def report(sweep_dir: Path, cfg: Any) -> Path | None:
     """Judge every run's epochs, write `comparison/epochs.csv` (per run), `epoch_table.csv`, `epochs.md`,
     `picked_epochs.json` and the plot, print the table; None when no run has per-epoch outputs."""
@@ -171,7 +136,7 @@ def report(sweep_dir: Path, cfg: Any) -> Path | None:
     atomic_write_json(out / "picked_epochs.json", picks)
     text = markdown(table, picks, reference, judge.identity(), notes)
     atomic_write_text(out / "epochs.md", text)
-    image = plot(table, out)
+    image = plots.win_rate_vs_epoch(table, out)
     print(f"\nrt_lab compare {sweep_dir} --pick-epoch\n{text}\nbest epoch per setting:", flush=True)
     for choice in picks:
         print(f"  {' '.join(str(choice[k]) for k in SETTING if choice[k])}: epoch {choice['epoch']} "
