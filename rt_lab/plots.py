@@ -61,6 +61,7 @@ def win_rate_vs_epoch(table: Sequence[dict[str, Any]], out_dir: Path) -> Path:
                           yerr=[_error(row) for row in rows], marker="o", capsize=3,
                           label=" ".join(part for part in (method, dataset, setting) if part))
         axis.axhline(50, color="grey", linestyle="--", linewidth=1)
+        axis.set_xticks(sorted({row["epoch"] for row in table}))
         axis.set_xlabel("epoch")
         axis.set_ylabel("win rate (%)")
         axis.set_ylim(0, 100)
