@@ -1,4 +1,5 @@
-"""Comparison plots: win rate per method x dataset, one panel per model (and setting), with error bars."""
+"""Comparison plots: win rate per method x dataset, one panel per model (and setting), with error bars; win rate
+vs epoch for epoch selection."""
 
 from __future__ import annotations
 
@@ -37,14 +38,48 @@ def win_rates(table: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         axis.set_ylabel("win rate (%)")
         axis.set_title("\n".join(part for part in (model, setting, f"vs {reference}") if part), fontsize=9)
         axis.legend(fontsize=7, loc="upper center", ncol=min(3, len(methods)), frameon=False)
+    return [_save(figure, out_dir / "win_rates.png")]
+
+
+def win_rate_vs_epoch(table: Sequence[dict[str, Any]], out_dir: Path) -> Path:
+    """`win_rate_vs_epoch.png` from `rt_lab.epoch_selection.epoch_table` rows: one panel per model, one line per
+    method x dataset x setting, error bars as in `win_rates`; the dashed line is parity with the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({row["model"] for row in table})
+    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        lines: dict[tuple[str, str, str], list[dict]] = {}
+        for row in table:
+            if row["model"] == model:
+                lines.setdefault((row["method"], row["dataset"], row["setting"]), []).append(row)
+        for (method, dataset, setting), rows in sorted(lines.items()):
+            axis.errorbar([row["epoch"] for row in rows], [row["win_rate"] for row in rows],
+                          yerr=[_error(row) for row in rows], marker="o", capsize=3,
+                          label=" ".join(part for part in (method, dataset, setting) if part))
+        axis.axhline(50, color="grey", linestyle="--", linewidth=1)
+        axis.set_xticks(sorted({row["epoch"] for row in table}))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("win rate (%)")
+        axis.set_ylim(0, 100)
+        axis.set_title(model, fontsize=9)
+        axis.legend(fontsize=7, frameon=False)
+    return _save(figure, out_dir / "win_rate_vs_epoch.png")
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
-    path = out_dir / "win_rates.png"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=120)
     plt.close(figure)
     tmp.replace(path)
-    return [path]
+    return path
 
 
 def _error(row: dict[str, Any]) -> float:

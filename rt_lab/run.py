@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rt_lab.adapters import quantization_config
+from rt_lab.epochs import EpochSelection
 from rt_lab.eval import EvalContext, run_evaluations
 from rt_lab.export import Base, exporter, free_memory
 from rt_lab.generate import generate_outputs, hf_batch_generator
@@ -42,19 +43,24 @@ def build_loggers(cfg: Any) -> list[Any]:
     return loggers
 
 
-def trained_loader(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any]) \
-        -> tuple[Callable[[], Any], Path]:
+def run_base(cfg: Any) -> Base:
+    return Base(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir), quantization_config(cfg.adapter))
+
+
+def trained_loader(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any],
+                   callbacks: Sequence[Any] = ()) -> tuple[Callable[[], Any], Path]:
     """(a loader of the trained model, its export folder): trained and exported now, or already when this run
     dir finished training. The model always comes back from the export, so a first run and a rerun generate
     from the same weights, and the vLLM backend loads nothing here."""
     export_dir = run_dir / "model"
-    base = Base(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir), quantization_config(cfg.adapter))
+    base = run_base(cfg)
     export = exporter(cfg.adapter)  # a bad adapter.export fails now, not after training
     if (run_dir / TRAINED).is_file():
         log.info("training already finished; loading %s", export_dir)
     else:
         # train()'s result goes straight into save, its only holder, which can then free it
-        export.save(train(cfg, base.load(), tokenizer, template, run_dir, loggers), tokenizer, export_dir, base)
+        export.save(train(cfg, base.load(), tokenizer, template, run_dir, loggers, callbacks), tokenizer, export_dir,
+                    base)
         free_memory()
         (run_dir / TRAINED).touch()
     return lambda: export.load(export_dir, base), export_dir
@@ -81,8 +87,12 @@ def run(cfg: Any) -> Path:
     prompts = load_prompts(cfg.prompts, cfg.paths.data_dir)  # fail on a bad prompt file before training
     loggers = build_loggers(cfg)
     try:
+        # generation.at_epochs: outputs at listed epochs of this one training run (rt_lab/epochs.py)
+        epochs = EpochSelection.build(cfg, tokenizer, template, prompts, run_base(cfg), exporter(cfg.adapter),
+                                      run_dir, loggers)
         if cfg.method.train:
-            load, model_path = trained_loader(cfg, tokenizer, template, run_dir, loggers)
+            load, model_path = trained_loader(cfg, tokenizer, template, run_dir, loggers,
+                                              [epochs.callback()] if epochs else [])
         else:
             model_path = base_path
             load = partial(load_model, cfg.model, base_path)
@@ -100,6 +110,8 @@ def run(cfg: Any) -> Path:
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
                                    cfg.run.name, run_dir)
         log_generation(outputs, loggers)
+        if epochs:
+            epochs.after_run(outputs)
 
         def eval_model() -> Any:
             nonlocal model

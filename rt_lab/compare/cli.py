@@ -57,7 +57,15 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
         log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
     print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {out / 'summary.csv'}, {out / 'summary.md'}, "
           + ", ".join(str(image) for image in images), flush=True)
+    if cfg.compare.reference.get("file") and any((run.dir / "epochs").is_dir() for run in runs):
+        pick_epochs(sweep_dir, cfg)  # runs with generation.at_epochs: the per-epoch table too
     return out
+
+
+def pick_epochs(sweep_dir: Path, cfg: Any) -> Path | None:
+    from rt_lab.epoch_selection import report  # torch: not for `--help` or the Hydra callback's import
+
+    return report(sweep_dir, cfg)
 
 
 def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
@@ -83,9 +91,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rt_lab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. judge=openai compare.reference.file=X")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pick-epoch", action="store_true",
+                        help="only judge each run's per-epoch outputs (generation.at_epochs) against "
+                             "compare.reference.file and name the best epoch per setting")
+    args = parser.parse_intermixed_args(argv)  # the flag may follow the overrides
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    compare(args.sweep_dir, comparison_config(args.sweep_dir, args.overrides))
+    cfg = comparison_config(args.sweep_dir, args.overrides)
+    (pick_epochs if args.pick_epoch else compare)(Path(args.sweep_dir), cfg)
 
 
 class CompareCallback(Callback):

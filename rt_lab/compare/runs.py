@@ -54,6 +54,14 @@ class Reference:
     run: Run | None = None  # None for a fixed reference file
 
 
+def reference_file(file: str | Path) -> Reference:
+    """A fixed reference (`compare.reference.file`), named by its generator."""
+    path = Path(file).expanduser().resolve()
+    records = [record for _, record in read_records(path)]
+    name = str(records[0].get("generator", path.stem)) if records else path.stem
+    return Reference(name, records, path, f"file {name}")
+
+
 def find_runs(sweep_dir: Path) -> list[Run]:
     """Every job dir under `sweep_dir` (a dir holding `.hydra/config.yaml`), in job-number order."""
     runs = []
@@ -124,10 +132,8 @@ def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]
     candidates: the sweep's own runs and those of `reference.sweep`."""
     finished = [run for run in runs if run.done]
     if cfg.reference.get("file"):
-        path = Path(cfg.reference.file).expanduser().resolve()
-        records = [record for _, record in read_records(path)]
-        name = str(records[0].get("generator", path.stem)) if records else path.stem
-        return [(run, Reference(name, records, path, f"file {name}")) for run in finished], []
+        reference = reference_file(cfg.reference.file)
+        return [(run, reference) for run in finished], []
     select = flatten(cfg.reference.select)
     if not select:
         raise ValueError("compare.reference.select is empty and compare.reference.file is unset: nothing says "

@@ -1,0 +1,145 @@
+"""Picking the epoch over a sweep (Hewitt et al.'s protocol): every run's per-epoch outputs
+(`epochs/<N>/model_outputs.json`, rt_lab/epochs.py) judged against `compare.reference.file`, a table of win rate
+per setting and epoch (mean over seeds), a plot of win rate vs epoch, and the best epoch per setting.
+
+    python -m rt_lab.compare SWEEP_DIR --pick-epoch compare.reference.file=PATH [judge=openai ...]
+
+A setting is model x method x dataset x the overrides that vary across the sweep (as in the comparison table);
+seeds are averaged. The best epoch has the highest mean win rate; a tie goes to the fewer epochs. Judgments are
+cached in each run's `epochs/judgments.jsonl`, where the run's own judging (same judge) already put them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from rt_lab import plots
+from rt_lab.compare.report import write_csv
+from rt_lab.compare.runs import OUT, Reference, describe, find_runs, reference_file, varying_overrides
+from rt_lab.epochs import EPOCHS, epoch_dir, judge_epoch
+from rt_lab.io import atomic_write_json, atomic_write_text
+from rt_lab.judges import Judge, build_judge
+
+log = logging.getLogger(__name__)
+
+SETTING = ("model", "method", "dataset", "setting")
+
+
+def finished_epochs(run_dir: Path) -> list[int]:
+    """The epochs of a run that have outputs, in order."""
+    root = run_dir / EPOCHS
+    found = [int(d.name) for d in root.iterdir() if d.name.isdigit()] if root.is_dir() else []
+    return sorted(epoch for epoch in found if (epoch_dir(run_dir, epoch) / "model_outputs.json").is_file())
+
+
+def judge_runs(sweep_dir: Path, reference: Reference, judge: Judge, cfg: Any) -> list[dict[str, Any]]:
+    """One row per (run, epoch with outputs): where the run sits in the table, the epoch, its metrics."""
+    runs = [(run, epochs) for run in find_runs(sweep_dir) if (epochs := finished_epochs(run.dir))]
+    varying = varying_overrides([run for run, _ in runs])
+    rows = []
+    for run, epochs in runs:
+        for epoch in epochs:
+            metrics = judge_epoch(judge, reference, run.dir, epoch, run.cfg, cfg.compare.length_controlled)
+            rows.append({**metrics, **describe(run, varying), "dir": str(run.dir), "finished": run.done,
+                         "epoch": epoch})
+    return rows
+
+
+def epoch_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of the win rate per setting and epoch (one seed: the judge's standard
+    error instead of a std)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in SETTING) + (row["epoch"],), []).append(row)
+    table = []
+    for key, members in groups.items():
+        rates = [row["win_rate"] for row in members if not math.isnan(row["win_rate"])]
+        table.append({**dict(zip(SETTING + ("epoch",), key)), "seeds": len(members),
+                      "win_rate": statistics.fmean(rates) if rates else math.nan,
+                      "win_rate_std": statistics.stdev(rates) if len(rates) > 1 else math.nan,
+                      "standard_error": members[0]["standard_error"] if len(members) == 1 else math.nan,
+                      "n_unparsable": sum(row["n_unparsable"] for row in members)})
+    return sorted(table, key=lambda row: tuple(row[key] for key in SETTING + ("epoch",)))
+
+
+def pick(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best epoch of each setting: highest mean win rate, the fewer epochs on a tie."""
+    best: dict[tuple, dict] = {}
+    for row in table:
+        if math.isnan(row["win_rate"]):
+            continue
+        key = tuple(row[k] for k in SETTING)
+        held = best.get(key)
+        if held is None or (row["win_rate"], -row["epoch"]) > (held["win_rate"], -held["epoch"]):
+            best[key] = row
+    return [{**dict(zip(SETTING, key)), "epoch": row["epoch"], "win_rate": row["win_rate"], "seeds": row["seeds"]}
+            for key, row in sorted(best.items())]
+
+
+def spread(row: dict[str, Any]) -> str:
+    if math.isnan(row["win_rate"]):
+        return "-"
+    for key, label in (("win_rate_std", "± "), ("standard_error", "se ")):
+        if not math.isnan(row[key]):
+            return f"{row['win_rate']:.1f} ({label}{row[key]:.1f})"
+    return f"{row['win_rate']:.1f}"
+
+
+def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], reference: Reference,
+             judge: dict[str, Any], notes: Sequence[str]) -> str:
+    epochs = sorted({row["epoch"] for row in table})
+    cells = {tuple(row[k] for k in SETTING + ("epoch",)): row for row in table}
+    chosen = {tuple(p[k] for k in SETTING): p["epoch"] for p in picks}
+    head = ["model", "method", "dataset", "setting", "seeds", *[f"epoch {e}" for e in epochs], "best epoch"]
+    lines = [f"Win rate (%) against {reference.name} ({reference.path}) per epoch; mean (± std) over seeds, one "
+             f"seed: (se the judge's standard error). Judge: {json.dumps(judge)}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting in sorted({key[:-1] for key in cells}):
+        rows = [cells.get(setting + (epoch,)) for epoch in epochs]
+        seeds = max(row["seeds"] for row in rows if row)
+        lines.append("| " + " | ".join([*map(str, setting[:3]), setting[3] or "-", str(seeds),
+                                        *[spread(row) if row else "" for row in rows],
+                                        str(chosen.get(setting, "-"))]) + " |")
+    if notes:
+        lines += ["", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def report(sweep_dir: Path, cfg: Any) -> Path | None:
+    """Judge every run's epochs, write `comparison/epochs.csv` (per run), `epoch_table.csv`, `epochs.md`,
+    `picked_epochs.json` and the plot, print the table; None when no run has per-epoch outputs."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such sweep dir")
+    file = cfg.compare.reference.get("file")
+    if not file:
+        raise ValueError("--pick-epoch judges each epoch against a fixed reference: set compare.reference.file "
+                         "(Hewitt et al.: ${paths.data_dir}/hewitt/val_eval/val-gpt3.5-2.json)")
+    if cfg.get("judge") is None:
+        raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
+    reference = reference_file(file)
+    judge = build_judge(cfg.judge)
+    rows = judge_runs(sweep_dir, reference, judge, cfg)
+    if not rows:
+        print(f"rt_lab compare {sweep_dir} --pick-epoch: no run has per-epoch outputs (generation.at_epochs)")
+        return None
+    table = epoch_table(rows)
+    picks = pick(table)
+    notes = sorted({f"{row['run']} ({row['dir']}) has not finished: its later epochs are missing" for row in rows
+                    if not row["finished"]})
+    out = sweep_dir / OUT
+    write_csv(out / "epochs.csv", rows)
+    write_csv(out / "epoch_table.csv", table)
+    atomic_write_json(out / "picked_epochs.json", picks)
+    text = markdown(table, picks, reference, judge.identity(), notes)
+    atomic_write_text(out / "epochs.md", text)
+    image = plots.win_rate_vs_epoch(table, out)
+    print(f"\nrt_lab compare {sweep_dir} --pick-epoch\n{text}\nbest epoch per setting:", flush=True)
+    for choice in picks:
+        print(f"  {' '.join(str(choice[k]) for k in SETTING if choice[k])}: epoch {choice['epoch']} "
+              f"(win rate {choice['win_rate']:.1f}, {choice['seeds']} seed(s))")
+    print(f"written: {out / 'epochs.md'}, {out / 'picked_epochs.json'}, {image}", flush=True)
+    return out

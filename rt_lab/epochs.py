@@ -1,0 +1,254 @@
+"""Epoch selection inside one training run (Hewitt et al.'s protocol, `generation.at_epochs=[5,7,10,15,20]`).
+
+At the end of each listed epoch the current weights go through the run's own export (`adapter.export`), are
+loaded back and answer the eval prompts into `<run_dir>/epochs/<N>/model_outputs.json`, exactly as a separate
+run of N epochs would generate after training (the invariant of rt_lab.run: a run generates from what its
+export loads back). The export is deleted once its outputs are written. The last epoch is the run's own
+generation stage: its `model_outputs.json` is copied into `epochs/<max_epochs>/`. With `compare.reference.file`
+set, each epoch's outputs are judged against it as rt_lab.compare judges a run
+(`epochs/<N>/comparison/vs_<reference>.json`, cache `epochs/judgments.jsonl`) and `epoch_selection/win_rate` is
+logged; `epochs/summary.json` lists every epoch.
+
+An epoch's `model_outputs.json` (written atomically, last) is its marker: a requeued run skips finished epochs.
+Epoch k+1 never trains before epoch k's outputs exist, so a checkpoint past an epoch's end implies its outputs.
+
+Only the learning-rate schedule differs from separate runs: a decaying schedule (linear, cosine) decays over
+the whole run, while each of H's separate runs decayed over its own length. One run reproduces separate runs
+exactly under `trainer.schedule.name=constant` (tested) and approximates them otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import ListConfig
+
+from rt_lab.adapters import apply_adapter
+from rt_lab.export import Base, Export, free_memory
+from rt_lab.generate import generate_outputs, hf_batch_generator
+from rt_lab.compare.judging import compare_pair, safe_name
+from rt_lab.compare.runs import OUT, Reference, Run, reference_file
+from rt_lab.io import atomic_write_json, atomic_write_text
+from rt_lab.judges import Judge, JudgeError, build_judge
+from rt_lab.precision import cast_full_fine_tune, keep_master_weights_fp32
+from rt_lab.prompts import Prompt
+from rt_lab.rules import build_rules
+
+log = logging.getLogger(__name__)
+
+EPOCHS = "epochs"
+KEY = "generation.at_epochs"
+
+
+def check_at_epochs(cfg: Any) -> list[int]:
+    """The listed epochs (empty when unset), or an error naming `generation.at_epochs` and why."""
+    raw = cfg.generation.get("at_epochs")
+    if raw is None or (isinstance(raw, (list, ListConfig)) and not raw):
+        return []
+    if not isinstance(raw, (list, ListConfig)):
+        raise ValueError(f"{KEY}={raw!r} must be a list of epochs, e.g. {KEY}=[5,7,10,15,20]")
+    epochs = list(raw)
+    if any(isinstance(e, bool) or not isinstance(e, int) for e in epochs):
+        raise ValueError(f"{KEY}={epochs}: every entry must be an integer epoch")
+    if epochs != sorted(set(epochs)):
+        raise ValueError(f"{KEY}={epochs} must be increasing without duplicates")
+    if not cfg.method.train:
+        raise ValueError(f"{KEY}={epochs}, but method={cfg.method.name} trains nothing")
+    lightning = cfg.trainer.lightning
+    if (lightning.get("max_steps") or -1) > 0:
+        raise ValueError(f"{KEY} counts epochs; unset trainer.lightning.max_steps={lightning.max_steps}")
+    max_epochs = lightning.get("max_epochs") or 0
+    outside = [e for e in epochs if not 1 <= e <= max_epochs]
+    if outside:
+        raise ValueError(f"{KEY}={epochs}: {outside} outside 1..trainer.lightning.max_epochs={max_epochs}")
+    if cfg.generation.get("backend", "hf") != "hf":
+        # vLLM needs the GPU memory that training holds while the run is still going
+        raise ValueError(f"{KEY} generates inside training with generation.backend=hf, not "
+                         f"{cfg.generation.backend}")
+    return epochs
+
+
+def epoch_dir(run_dir: Path, epoch: int) -> Path:
+    return run_dir / EPOCHS / str(epoch)
+
+
+def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: Any,
+                length_controlled: str) -> dict[str, Any]:
+    """An epoch's outputs judged like a sweep comparison judges a run (rt_lab.compare): the rows in
+    `epochs/<N>/comparison/vs_<reference>.json`, the judgments cached in `epochs/judgments.jsonl`."""
+    epoch_run = Run(epoch_dir(run_dir, epoch), run_cfg, [])
+    return compare_pair(epoch_run, reference, judge, run_dir / EPOCHS / "judgments.jsonl", length_controlled,
+                        set()).metrics
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Loading and adapting a model copy draws random initial weights; training afterwards must see the RNG
+    streams as if nothing happened (dropout masks, so that one run equals separate runs)."""
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy)
+
+
+def trained_copy(state: dict[str, torch.Tensor], base: Base, adapter: Any, dtype: str) -> Any:
+    """A fresh model holding the trained weights of `state` (the LightningModule's state dict), as train()
+    would return it: the export may consume it (merge, cast) while training goes on with the original."""
+    model = apply_adapter(base.load(), adapter)
+    keep_master_weights_fp32(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    weights = {key.removeprefix("model."): value for key, value in state.items()}
+    missing = sorted(trainable - weights.keys())
+    if missing:
+        raise KeyError(f"the trained state lacks {len(missing)} trainable tensors, e.g. {missing[:3]}")
+    model.load_state_dict({name: weights[name] for name in trainable}, strict=False)
+    return cast_full_fine_tune(model, dtype)
+
+
+@dataclass
+class EpochSelection:
+    """Per-epoch outputs (and judgments) of one run; `callback()` produces them during training."""
+
+    cfg: Any
+    tokenizer: Any
+    template: Any
+    prompts: Sequence[Prompt]
+    base: Base
+    export: Export
+    run_dir: Path
+    loggers: Sequence[Any]
+    epochs: list[int]
+    reference: Reference | None = None
+    judge: Judge | None = None
+
+    @classmethod
+    def build(cls, cfg: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], base: Base, export: Export,
+              run_dir: Path, loggers: Sequence[Any]) -> EpochSelection | None:
+        """None when `generation.at_epochs` is unset; a bad list, reference file or judge fails here, before
+        training."""
+        epochs = check_at_epochs(cfg)
+        if not epochs:
+            return None
+        file = cfg.get("compare", {}).get("reference", {}).get("file")
+        reference = reference_file(file) if file else None
+        judge = None
+        if reference and cfg.get("judge"):
+            with preserved_rng():  # a local judge's loading must not shift training's random streams
+                judge = build_judge(cfg.judge)
+        return cls(cfg, tokenizer, template, prompts, base, export, run_dir, loggers, epochs, reference, judge)
+
+    @property
+    def final(self) -> int:
+        return int(self.cfg.trainer.lightning.max_epochs)
+
+    def done(self, epoch: int) -> bool:
+        return (epoch_dir(self.run_dir, epoch) / "model_outputs.json").is_file()
+
+    def callback(self) -> L.Callback:
+        return EpochEndGeneration(self)
+
+    def generate(self, epoch: int, trained: Any) -> None:
+        """Export `trained` (which the export then owns), load it back, answer the prompts, drop the export."""
+        out = epoch_dir(self.run_dir, epoch)
+        export_dir = out / "model"
+        shutil.rmtree(export_dir, ignore_errors=True)  # half-written by an interrupted attempt
+        self.export.save(trained, self.tokenizer, export_dir, self.base)
+        del trained
+        free_memory()
+        model = self.export.load(export_dir, self.base)
+        answer = hf_batch_generator(model, self.tokenizer, self.cfg.generation, build_rules(self.cfg.rules,
+                                                                                            self.tokenizer))
+        generate_outputs(answer, self.tokenizer, self.template, self.prompts, self.cfg.generation.batch_size,
+                         self.cfg.model.bos, self.cfg.run.name, out)
+        del model, answer
+        free_memory()
+        shutil.rmtree(export_dir)
+        log.info("epoch %d: outputs in %s", epoch, out / "model_outputs.json")
+
+    def evaluate(self, epoch: int, step: int | None) -> None:
+        """Judge an epoch's outputs against the reference (cached) and log its win rate. A judging failure
+        (server down, spend cap) only warns: the outputs stay, and `python -m rt_lab.compare SWEEP --pick-epoch`
+        judges them later."""
+        if self.judge is None:
+            return
+        try:
+            metrics = judge_epoch(self.judge, self.reference, self.run_dir, epoch, self.cfg,
+                                  self.cfg.compare.length_controlled)
+        except JudgeError as err:
+            log.warning("epoch %d: not judged (%s)", epoch, err)
+            return
+        for logger in self.loggers:
+            logger.log_metrics({"epoch_selection/win_rate": metrics["win_rate"], "epoch_selection/epoch": epoch},
+                               step=step)
+            logger.save()
+        self.write_summary()
+
+    def after_run(self, outputs: Path) -> None:
+        """The run's own outputs are the last epoch's; then the run's summary of every epoch."""
+        if self.final in self.epochs:
+            target = epoch_dir(self.run_dir, self.final) / "model_outputs.json"
+            atomic_write_text(target, outputs.read_text(encoding="utf-8"))
+            self.evaluate(self.final, None)
+        lost = [epoch for epoch in self.epochs if not self.done(epoch)]
+        if lost:
+            log.warning("%s: epochs %s have no outputs, and training is over (was %s added after training "
+                        "passed them?)", self.run_dir, lost, KEY)
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        rows = []
+        for epoch in self.epochs:
+            row: dict[str, Any] = {"epoch": epoch, "outputs": self.done(epoch)}
+            verdicts = epoch_dir(self.run_dir, epoch) / OUT / f"vs_{safe_name(self.reference.name)}.json" \
+                if self.reference else None
+            if verdicts and verdicts.is_file():
+                row.update(json.loads(verdicts.read_text(encoding="utf-8"))["metrics"])
+            rows.append(row)
+        atomic_write_json(self.run_dir / EPOCHS / "summary.json", rows)
+
+
+class EpochEndGeneration(L.Callback):
+    """Answers the prompts at the end of each listed epoch but the last (the run's generation stage answers
+    that one). Every rank gathers the state (FSDP needs all of them); rank 0 generates while the others wait."""
+
+    def __init__(self, selection: EpochSelection) -> None:
+        self.selection = selection
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a checkpoint written at an epoch's last step holds that epoch's weights; its outputs may be missing
+        # when the job died while generating them
+        steps = trainer.datamodule.steps_per_epoch()
+        if trainer.global_step and trainer.global_step % steps == 0:
+            self._reached(trainer, trainer.global_step // steps)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.global_step == epoch * trainer.datamodule.steps_per_epoch():  # not an epoch cut short
+            self._reached(trainer, epoch)
+
+    def _reached(self, trainer: L.Trainer, epoch: int) -> None:
+        selection = self.selection
+        if epoch not in selection.epochs or epoch == selection.final:
+            return
+        if not selection.done(epoch):
+            state = trainer.strategy.lightning_module_state_dict()
+            if trainer.is_global_zero:
+                with preserved_rng():
+                    selection.generate(epoch, trained_copy(state, selection.base, selection.cfg.adapter,
+                                                           selection.cfg.model.dtype))
+            del state
+            trainer.strategy.barrier("epoch_outputs")
+        if trainer.is_global_zero:
+            with preserved_rng():  # the API judge's retry jitter draws from `random`
+                selection.evaluate(epoch, trainer.global_step)
+        trainer.strategy.barrier("epoch_judged")

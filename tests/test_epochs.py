@@ -1,0 +1,146 @@
+"""Epoch selection in one run (rt_lab/epochs.py): real Lightning training of the tiny model that generates at
+listed epochs. Under a constant learning rate, epochs 1 and 2 of one run answer exactly as separate runs of 1
+and 2 epochs; a requeued run keeps finished epochs; bad `generation.at_epochs` fail before training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from conftest import REPO
+from test_compare import judge_overrides, launch, length_judge  # noqa: F401  (a fixture)
+from rt_lab.epochs import EpochSelection, check_at_epochs, epoch_dir
+from rt_lab.export import exporter
+from rt_lab.models import load_tokenizer
+from rt_lab.prompts import load_prompts
+from rt_lab.run import run, run_base
+from rt_lab.train import train
+
+# a constant learning rate: the one schedule under which one run's epoch N is a separate N-epoch run
+CONSTANT = ["trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0"]
+TINY = ["model=tiny", "logger=none", "dataset.limit=8", "trainer.batch_size=4", "trainer.micro_batch_size=2",
+        "data.max_length=128", "generation.max_new_tokens=8", "prompts.limit=3", "trainer.optimizer.lr=3e-2",
+        "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false", *CONSTANT]
+
+
+def job(compose, overrides: list[str], run_dir: Path):
+    """The config a launched job receives: Hydra's own node is not part of it."""
+    cfg = compose(overrides, run_dir)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg
+
+
+def outputs(path: Path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def test_epochs_of_one_run_equal_separate_runs_under_a_constant_schedule(compose, tmp_path):
+    """LoRA with dropout: the data order of epoch e is seeded by seed + e, and the model copy exported at
+    epoch 1 leaves the RNG streams (dropout masks) as they were."""
+    one = run(job(compose, TINY + ["generation.at_epochs=[1,2]", "trainer.lightning.max_epochs=2"], tmp_path / "one"))
+    separate = {epochs: run(job(compose, TINY + [f"trainer.lightning.max_epochs={epochs}"], tmp_path / f"sep{epochs}"))
+                for epochs in (1, 2)}
+    for epochs in (1, 2):
+        assert outputs(epoch_dir(tmp_path / "one", epochs) / "model_outputs.json") == outputs(separate[epochs])
+    assert outputs(one) == outputs(separate[2])
+    # the test means something only when training moved the answers between the epochs
+    assert outputs(separate[1]) != outputs(separate[2])
+    assert not (epoch_dir(tmp_path / "one", 1) / "model").exists()  # the epoch's export is gone
+    summary = json.loads((tmp_path / "one" / "epochs" / "summary.json").read_text())
+    assert summary == [{"epoch": 1, "outputs": True}, {"epoch": 2, "outputs": True}]
+
+
+@pytest.mark.parametrize("stop_at", [3, 2])
+def test_a_requeued_run_keeps_finished_epochs_and_generates_the_rest(compose, tmp_path, stop_at):
+    """Stopped at the first step of epoch 2 (as a preempted job), then run again in the same dir: epoch 1 is not
+    answered again, epoch 2 and the run's outputs are written. Stopped at epoch 1's last step with its outputs
+    lost (the job died while generating): the rerun resumes at that step and answers epoch 1 alike."""
+    cfg = job(compose, TINY + ["generation.at_epochs=[1,2]", "trainer.lightning.max_epochs=2"], tmp_path)
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    base = run_base(cfg)
+    tokenizer = load_tokenizer(cfg.model, base.path)
+    template = instantiate(cfg.template)
+    selection = EpochSelection.build(cfg, tokenizer, template, load_prompts(cfg.prompts), base,
+                                     exporter(cfg.adapter), tmp_path, [])
+
+    class Preempt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == stop_at:
+                trainer.should_stop = True
+
+    train(cfg, base.load(), tokenizer, template, tmp_path, [], [selection.callback(), Preempt()])
+    first = epoch_dir(tmp_path, 1) / "model_outputs.json"
+    assert first.is_file() and not epoch_dir(tmp_path, 2).exists()
+    stamp, answers = first.stat().st_mtime_ns, outputs(first)
+    if stop_at == 2:
+        shutil.rmtree(epoch_dir(tmp_path, 1))  # its generations.jsonl too: answered anew
+    run(cfg)
+    assert outputs(first) == answers
+    assert (first.stat().st_mtime_ns == stamp) == (stop_at == 3)
+    assert outputs(epoch_dir(tmp_path, 2) / "model_outputs.json") == outputs(tmp_path / "model_outputs.json")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[0,2]", "[0] outside 1..trainer.lightning.max_epochs=2"),
+    ("[1,3]", "[3] outside 1..trainer.lightning.max_epochs=2"),
+    ("[2,1]", "must be increasing without duplicates"),
+    ("[1,1]", "must be increasing without duplicates"),
+    ("[1.5]", "every entry must be an integer epoch"),
+    ("2", "must be a list of epochs"),
+])
+def test_bad_at_epochs_name_the_key(compose, value, message):
+    cfg = compose(TINY + [f"generation.at_epochs={value}", "trainer.lightning.max_epochs=2"])
+    with pytest.raises(ValueError, match="generation.at_epochs") as err:
+        check_at_epochs(cfg)
+    assert message in str(err.value)
+
+
+def test_at_epochs_need_training_epochs_and_the_hf_backend(compose):
+    with pytest.raises(ValueError, match="method=base trains nothing"):
+        check_at_epochs(compose(TINY + ["method=base", "generation.at_epochs=[1]"]))
+    with pytest.raises(ValueError, match="unset trainer.lightning.max_steps"):
+        check_at_epochs(compose(TINY + ["generation.at_epochs=[1]", "trainer.lightning.max_steps=3"]))
+    with pytest.raises(ValueError, match="generation.backend=hf, not vllm"):
+        check_at_epochs(compose(TINY + ["generation.at_epochs=[1]", "generation.backend=vllm"]))
+    assert check_at_epochs(compose(TINY)) == []
+
+
+def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tmp_path, length_judge):
+    """`python launch.py ... generation.at_epochs=[1,2]` with a reference file: each epoch is judged in the run
+    (canned judge on loopback, preferring the longer answer); `python -m rt_lab.compare --pick-epoch` reuses
+    those judgments and names the best epoch."""
+    prompts = [json.loads(line)["instruction"] for line in (REPO / "rt_lab" / "sample_data" / "sample_prompts.jsonl")
+               .read_text().splitlines()[:3]]
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps([{"instruction": p, "output": "x" * 20, "generator": "ref"} for p in prompts]))
+    judge = judge_overrides(length_judge)
+    common = [f"compare.reference.file={reference}", *judge]
+    sweep = tmp_path / "sweep"
+    launch([str(REPO / "launch.py"), *[o for o in TINY if o != "logger=none"], "logger=csv", "trainer.lightning.max_epochs=2",
+            "generation.at_epochs=[1,2]", f"hydra.run.dir={sweep}/0", *common], tmp_path)
+    run_dir = sweep / "0"
+    summary = json.loads((run_dir / "epochs" / "summary.json").read_text())
+    assert [row["epoch"] for row in summary] == [1, 2] and all(row["n_total"] == 3 for row in summary)
+    for row in summary:  # recomputed from the outputs: the longer answer wins with p = 0.7
+        answers = outputs(epoch_dir(run_dir, row["epoch"]) / "model_outputs.json")
+        expected = [1.7 if len(a["output"]) > 20 else 1.3 if len(a["output"]) < 20 else 1.5 for a in answers]
+        assert row["win_rate"] == pytest.approx((sum(expected) / 3 - 1) * 100)
+        assert (epoch_dir(run_dir, row["epoch"]) / "comparison" / "vs_ref.json").is_file()
+    logged = (next(run_dir.rglob("metrics.csv"))).read_text()
+    assert "epoch_selection/win_rate" in logged
+    asked = length_judge.requests
+    result = launch(["-m", "rt_lab.compare", str(sweep), "--pick-epoch", *common], tmp_path)
+    assert length_judge.requests == asked  # every pair was judged in the run already
+    best = max(summary, key=lambda row: (row["win_rate"], -row["epoch"]))["epoch"]
+    assert f"tiny rt sample: epoch {best} " in result.stdout
+    assert "| tiny | rt | sample | - | 1 |" in result.stdout
+    picked = json.loads((sweep / "comparison" / "picked_epochs.json").read_text())
+    assert [(p["method"], p["epoch"]) for p in picked] == [("rt", best)]
+    assert (sweep / "comparison" / "win_rate_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
