@@ -75,9 +75,20 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
 
 
+def generation_device(name: str) -> torch.device:
+    """`generation.device`: `auto` is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def hf_batch_generator(model: Any, tokenizer: Any, cfg: Any, rules: Sequence[Rule] = ()) -> BatchGenerator:
-    """In-process generation with transformers (the default `generation.backend=hf`)."""
+    """In-process generation with transformers (the default `generation.backend=hf`), on `generation.device`:
+    models load on the CPU, and a trained one comes back there from Lightning."""
     config = generation_config(cfg, tokenizer)
+    device = generation_device(cfg.get("device") or "auto")
+    if next(model.parameters()).device != device:
+        model.to(device)
     model.eval()
     return lambda batch: generate_batch(model, tokenizer, batch, config, rules)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
@@ -69,3 +70,11 @@ def test_vllm_backend_without_vllm_says_how_to_get_it():
             import rt_lab.vllm_backend  # noqa: F401
     else:
         pytest.skip("vLLM is installed here")
+
+
+def test_generation_device_auto_is_the_gpu_when_there_is_one():
+    from rt_lab.generate import generation_device
+
+    assert generation_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert generation_device("cuda:1") == torch.device("cuda", 1)
+    assert generation_device("cpu") == torch.device("cpu")
