@@ -29,10 +29,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from rt_lab.generate import EncodedPrompt, encode_prompt, generate_batch, generation_config  # noqa: E402
+from rt_lab.generate.decode import EncodedPrompt, encode_prompt, generate_batch, generation_config  # noqa: E402
 from rt_lab.models import load_model, load_tokenizer, resolve_path  # noqa: E402
-from rt_lab.prompts import load_prompts  # noqa: E402
-from rt_lab.rules import RuleHead, build_rules  # noqa: E402
+from rt_lab.data.prompts import load_prompts  # noqa: E402
+from rt_lab.generate.rules import RuleHead, build_rules  # noqa: E402
 
 
 def count_generated(tokenizer, texts):

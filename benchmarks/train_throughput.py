@@ -178,11 +178,11 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
-    from rt_lab.adapters import apply_adapter
-    from rt_lab.masking import IGNORE
+    from rt_lab.train.adapters import apply_adapter
+    from rt_lab.data.masking import IGNORE
     from rt_lab.models import load_model, load_tokenizer, resolve_path
-    from rt_lab.module import CausalLMModule
-    from rt_lab.train import build_datamodule
+    from rt_lab.train.module import CausalLMModule
+    from rt_lab.train.fit import build_datamodule
 
     cfg = compose(args, args.rows_file, packing=packing)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -240,7 +240,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     from hydra.utils import instantiate
     from transformers import TrainerCallback, set_seed
 
-    from rt_lab.datasets import load_rows
+    from rt_lab.data.datasets import load_rows
     from rt_lab.models import load_model, load_tokenizer, resolve_path
 
     cfg = compose(args, args.rows_file)
@@ -329,7 +329,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def prepare_rows(args: argparse.Namespace, folder: Path) -> tuple[Path, int]:
     """Write the single-turn sample rows, repeated to `--rows`, as a `messages` JSONL; returns (file, rows)."""
-    from rt_lab.datasets import load_rows
+    from rt_lab.data.datasets import load_rows
     from rt_lab.models import resolve_path
 
     cfg = compose(args)

@@ -110,7 +110,7 @@ def load_model(cfg: Any, path: str, quantization: Any = None) -> Any:
         trust_remote_code=cfg.get("trust_remote_code", False),
     )
     if quantization is not None:
-        from rt_lab.adapters import keep_4bit_gradients
+        from rt_lab.train.adapters import keep_4bit_gradients
 
         keep_4bit_gradients(model)
     model.train()  # from_pretrained returns eval mode, and Lightning does not switch it

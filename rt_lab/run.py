@@ -15,17 +15,17 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rt_lab.adapters import quantization_config
-from rt_lab.epochs import EpochSelection
+from rt_lab.train.adapters import quantization_config
+from rt_lab.generate.epochs import EpochSelection
 from rt_lab.eval import EvalContext, run_evaluations
-from rt_lab.export import Base, exporter, free_memory
-from rt_lab.generate import generate_outputs, hf_batch_generator
+from rt_lab.train.export import Base, exporter, free_memory
+from rt_lab.generate.decode import generate_outputs, hf_batch_generator
 from rt_lab.io import read_records
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
-from rt_lab.prompts import load_prompts
-from rt_lab.rules import build_rules
-from rt_lab.train import train
+from rt_lab.data.prompts import load_prompts
+from rt_lab.generate.rules import build_rules
+from rt_lab.train.fit import train
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run(cfg: Any) -> Path:
     prompts = load_prompts(cfg.prompts, cfg.paths.data_dir)  # fail on a bad prompt file before training
     loggers = build_loggers(cfg)
     try:
-        # generation.at_epochs: outputs at listed epochs of this one training run (rt_lab/epochs.py)
+        # generation.at_epochs: outputs at listed epochs of this one training run (rt_lab/generate/epochs.py)
         epochs = EpochSelection.build(cfg, tokenizer, template, prompts, run_base(cfg), exporter(cfg.adapter),
                                       run_dir, loggers)
         if cfg.method.train:
@@ -101,7 +101,7 @@ def run(cfg: Any) -> Path:
             raise ValueError(f"generation.backend={backend!r}; expected one of {BACKENDS}")
         model = None
         if backend == "vllm":
-            from rt_lab.vllm_backend import vllm_batch_generator
+            from rt_lab.generate.vllm_backend import vllm_batch_generator
 
             answer = vllm_batch_generator(model_path, cfg.generation, cfg.rules)
         else:

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from rt_lab.eval import EVALUATIONS, EvalContext, switched_on
 from rt_lab.eval import benchmarks as bench
 from rt_lab.eval.benchmarks import BenchmarkOptions, flatten, options, render_chat, task_names
-from rt_lab.templates import ChatTemplate, TagTemplate
+from rt_lab.data.templates import ChatTemplate, TagTemplate
 
 
 def context(cfg, tmp_path: Path, model=None, tokenizer=None, template=None) -> EvalContext:

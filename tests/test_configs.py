@@ -60,7 +60,7 @@ def test_discovery_finds_every_group():
 
 
 def check_adapter(cfg: DictConfig, option: str) -> None:
-    from rt_lab.export import exporter
+    from rt_lab.train.export import exporter
 
     assert cfg.adapter.name == option
     exporter(cfg.adapter)  # a registered export that fits the adapter
@@ -99,7 +99,7 @@ def check_data(cfg: DictConfig, option: str) -> None:
 
 
 def check_dataset(cfg: DictConfig, option: str) -> None:
-    from rt_lab.datasets import FORMATS
+    from rt_lab.data.datasets import FORMATS
 
     dataset = cfg.dataset
     assert dataset.name == option
@@ -130,7 +130,7 @@ def check_generation(cfg: DictConfig, option: str) -> None:
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from rt_lab.generate import generation_config
+    from rt_lab.generate.decode import generation_config
     from rt_lab.run import BACKENDS
 
     assert cfg.generation.backend in BACKENDS
@@ -172,8 +172,8 @@ METHODS = {  # name: (train, user_turns, loss_on, requires_single_task)
 
 
 def check_method(cfg: DictConfig, option: str) -> None:
-    from rt_lab.masking import LOSS_ON
-    from rt_lab.methods import USER_TURNS
+    from rt_lab.data.masking import LOSS_ON
+    from rt_lab.data.methods import USER_TURNS
 
     method = cfg.method
     assert method.name == option
@@ -186,7 +186,7 @@ def check_method(cfg: DictConfig, option: str) -> None:
 
 
 def check_model(cfg: DictConfig, option: str) -> None:
-    from rt_lab.masking import BOS_MODES
+    from rt_lab.data.masking import BOS_MODES
 
     model = cfg.model
     assert model.name == option
@@ -227,7 +227,7 @@ def check_prompts(cfg: DictConfig, option: str) -> None:
 
 
 def check_template(cfg: DictConfig, option: str) -> None:
-    from rt_lab.templates import ChatTemplate, TagTemplate
+    from rt_lab.data.templates import ChatTemplate, TagTemplate
 
     template = instantiate(cfg.template)
     assert isinstance(template, (TagTemplate, ChatTemplate))

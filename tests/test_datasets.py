@@ -12,9 +12,9 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import SHARED_DATA, needs_shared_data
-from rt_lab.datasets import FORMATS, SAMPLERS, LoadStats, load_rows
-from rt_lab.prompts import load_prompts
-from rt_lab.rows import RowError
+from rt_lab.data.datasets import FORMATS, SAMPLERS, LoadStats, load_rows
+from rt_lab.data.prompts import load_prompts
+from rt_lab.data.rows import RowError
 
 DATA_DIR = str(SHARED_DATA)
 
@@ -402,7 +402,7 @@ def test_prompts_file_without_a_path_names_prompts_file(compose):
 
 
 def make_datamodule(cfg, tokenizer, data_dir=None):
-    from rt_lab.datamodule import InstructionDataModule
+    from rt_lab.data.datamodule import InstructionDataModule
 
     return InstructionDataModule(
         dataset=cfg.dataset, method=cfg.method, template=instantiate(cfg.template), tokenizer=tokenizer,

@@ -1,4 +1,4 @@
-"""Epoch selection in one run (rt_lab/epochs.py): real Lightning training of the tiny model that generates at
+"""Epoch selection in one run (rt_lab/generate/epochs.py): real Lightning training of the tiny model that generates at
 listed epochs. Under a constant learning rate, epochs 1 and 2 of one run answer exactly as separate runs of 1
 and 2 epochs; a requeued run keeps finished epochs; bad `generation.at_epochs` fail before training."""
 
@@ -15,12 +15,12 @@ from omegaconf import open_dict
 
 from conftest import REPO
 from test_compare import judge_overrides, launch, length_judge  # noqa: F401  (a fixture)
-from rt_lab.epochs import EpochSelection, check_at_epochs, epoch_dir
-from rt_lab.export import exporter
+from rt_lab.generate.epochs import EpochSelection, check_at_epochs, epoch_dir
+from rt_lab.train.export import exporter
 from rt_lab.models import load_tokenizer
-from rt_lab.prompts import load_prompts
+from rt_lab.data.prompts import load_prompts
 from rt_lab.run import run, run_base
-from rt_lab.train import train
+from rt_lab.train.fit import train
 
 # a constant learning rate: the one schedule under which one run's epoch N is a separate N-epoch run
 CONSTANT = ["trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0"]

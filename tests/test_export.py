@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from rt_lab.adapters import quantization_config
-from rt_lab.export import EXPORTS, MERGED_ADAPTER, Base, is_adapter_folder
-from rt_lab.generate import encode_prompt, generate_batch, generation_config
+from rt_lab.train.adapters import quantization_config
+from rt_lab.train.export import EXPORTS, MERGED_ADAPTER, Base, is_adapter_folder
+from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
 from rt_lab.models import load_tokenizer, resolve_path
 from rt_lab.run import TRAINED, trained_loader
-from rt_lab.train import train
+from rt_lab.train.fit import train
 
 # Two optimizer steps at a high learning rate: enough for every lora_B to leave zero.
 TINY = ["model=tiny", "logger=none", "dataset.limit=4", "trainer.batch_size=2", "trainer.micro_batch_size=2",

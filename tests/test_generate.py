@@ -9,9 +9,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from rt_lab.generate import generate_outputs, hf_batch_generator
-from rt_lab.prompts import load_prompts
-from rt_lab.templates import TagTemplate
+from rt_lab.generate.decode import generate_outputs, hf_batch_generator
+from rt_lab.data.prompts import load_prompts
+from rt_lab.data.templates import TagTemplate
 
 GENERATION = OmegaConf.create({"max_new_tokens": 10, "batch_size": 4, "do_sample": False, "temperature": 1.0,
                                "top_p": 1.0})
@@ -67,13 +67,13 @@ def test_vllm_backend_without_vllm_says_how_to_get_it():
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install vllm"):
-            import rt_lab.vllm_backend  # noqa: F401
+            import rt_lab.generate.vllm_backend  # noqa: F401
     else:
         pytest.skip("vLLM is installed here")
 
 
 def test_generation_device_auto_is_the_gpu_when_there_is_one():
-    from rt_lab.generate import generation_device
+    from rt_lab.generate.decode import generation_device
 
     assert generation_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert generation_device("cuda:1") == torch.device("cuda", 1)

@@ -16,9 +16,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from judge_server import BAD, GOOD, KEY_ENV, SECRET, CannedJudgeServer
-from rt_lab.judge_backends import NoLogprobs
+from rt_lab.judges.backends import NoLogprobs
 from rt_lab.judges import JUDGES, JudgeError, OpenAIJudge, SpendCapExceeded, build_judge, judge_pairs, parse_reply
-from rt_lab.lc_winrate import _pkg_resources_for_alpaca_eval
+from rt_lab.compare.lc_winrate import _pkg_resources_for_alpaca_eval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,14 +218,14 @@ def test_a_reply_without_logprobs_stops_the_run_at_once_naming_server_and_fix_ca
                                                   ("M is better than m", None), ("mM", None), ("I'm unsure", None),
                                                   ("", None)])
 def test_text_scoring_reads_the_one_label_the_reply_names(reply, p_second):
-    from rt_lab.judge_base import text_verdict
+    from rt_lab.judges.base import text_verdict
 
     verdict = text_verdict(reply, ("m", "M"))
     assert verdict.p_second == p_second and (verdict.reason is None) == (p_second is not None)
 
 
 def test_text_scoring_asks_for_no_logprobs_canned_judge(make_judge, server, tmp_path):
-    from rt_lab.judge_backends import TEXT_MAX_TOKENS
+    from rt_lab.judges.backends import TEXT_MAX_TOKENS
 
     cache = tmp_path / "cache.jsonl"
     rows = (["Q1", "Q2"], [GOOD, BAD], [BAD, GOOD])
@@ -318,7 +318,7 @@ def test_protocols_never_share_cached_judgments_canned_judge(make_judge, server,
 
 
 def test_alpaca_eval_protocol_errors_name_the_key_and_the_fix(monkeypatch):
-    from rt_lab.judge_protocols import build_protocol
+    from rt_lab.judges.protocols import build_protocol
 
     with pytest.raises(JudgeError, match=r"judge.annotator=no_such_annotator: alpaca_eval 0.6.6 has no .*choose "
                                          r"one of \[.*weighted_alpaca_eval_gpt4_turbo"):

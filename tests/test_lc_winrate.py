@@ -1,7 +1,7 @@
-"""Length-controlled win rate (rt_lab.lc_winrate) through alpaca_eval's own GLM.
+"""Length-controlled win rate (rt_lab.compare.lc_winrate) through alpaca_eval's own GLM.
 
 Always: LC is refused off the 805 AlpacaEval instructions, a missing alpaca_eval names the extra, bad inputs are
-named, the pkg_resources stand-in is withdrawn. With alpaca_eval importable: rt_lab.winrate against alpaca_eval's
+named, the pkg_resources stand-in is withdrawn. With alpaca_eval importable: rt_lab.compare.winrate against alpaca_eval's
 `get_winrate`, and the real GLM on real AlpacaEval outputs (GPT-4 Turbo reference vs Mistral-7B-Instruct) with
 synthetic preferences, since no judge model runs here. Its calibration file (df_gamed.csv, hub-only) is synthetic
 too unless the hub cache holds the real one."""
@@ -16,11 +16,11 @@ import sys
 import pytest
 
 from conftest import SHARED_DATA, needs_shared_data
-from rt_lab import lc_winrate
-from rt_lab.datasets import package_path
-from rt_lab.lc_winrate import (LengthControlUnavailable, alpaca_eval_positions, instruction_key,
+from rt_lab.compare import lc_winrate
+from rt_lab.data.datasets import package_path
+from rt_lab.compare.lc_winrate import (LengthControlUnavailable, alpaca_eval_positions, instruction_key,
                                length_controlled_win_rate)
-from rt_lab.winrate import summarize
+from rt_lab.compare.winrate import summarize
 
 OUTPUTS = SHARED_DATA / "alpaca_eval" / "model_outputs"
 
@@ -201,7 +201,7 @@ def test_official_lc_with_the_real_calibration_file(alpaca_eval, pair):
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(*lc_winrate.CALIBRATION, repo_type="dataset"), str):
-        pytest.skip("the real df_gamed.csv is not in the Hugging Face hub cache (see rt_lab/lc_winrate.py)")
+        pytest.skip("the real df_gamed.csv is not in the Hugging Face hub cache (see rt_lab/compare/lc_winrate.py)")
     instructions, outputs, references = pair
     lc = length_controlled_win_rate(instructions, outputs, references, length_driven(outputs, references, 0.0),
                                     generator="Mistral-7B-Instruct", reference_generator="gpt4_1106_preview")

@@ -1,4 +1,4 @@
-"""Loss normalisation (rt_lab/loss.py) against values computed independently: each example alone through the
+"""Loss normalisation (rt_lab/train/loss.py) against values computed independently: each example alone through the
 model with Hugging Face's own shifted, mean-reduced loss."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rt_lab.datamodule import collate_padded
-from rt_lab.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
-from rt_lab.masking import IGNORE, Example
-from rt_lab.packing import collate_packed
+from rt_lab.data.datamodule import collate_padded
+from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.data.masking import IGNORE, Example
+from rt_lab.data.packing import collate_packed
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rt_lab.masking import IGNORE, encode_row, encode_rows, tokenize
-from rt_lab.methods import user_turns
-from rt_lab.rows import make_row
-from rt_lab.templates import ChatTemplate, TagTemplate
+from rt_lab.data.masking import IGNORE, encode_row, encode_rows, tokenize
+from rt_lab.data.methods import user_turns
+from rt_lab.data.rows import make_row
+from rt_lab.data.templates import ChatTemplate, TagTemplate
 
 SINGLE = make_row("s", [{"role": "user", "content": "Name a primary colour."},
                         {"role": "assistant", "content": "Blue is a primary colour."}], "test")

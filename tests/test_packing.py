@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rt_lab.datasets import load_rows
-from rt_lab.datamodule import WindowLoader
-from rt_lab.masking import encode_rows
-from rt_lab.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
-from rt_lab.packing import best_fit_decreasing, block_diagonal_mask
-from rt_lab.templates import TagTemplate
+from rt_lab.data.datasets import load_rows
+from rt_lab.data.datamodule import WindowLoader
+from rt_lab.data.masking import encode_rows
+from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.data.packing import best_fit_decreasing, block_diagonal_mask
+from rt_lab.data.templates import TagTemplate
 
 
 def test_best_fit_decreasing_fills_bins_tightly():

@@ -1,4 +1,4 @@
-"""Mixed precision keeps fp32 master weights (rt_lab/precision.py), tested on the CPU with a bf16-loaded tiny
+"""Mixed precision keeps fp32 master weights (rt_lab/train/precision.py), tested on the CPU with a bf16-loaded tiny
 model at lr 1e-5, where a step on bf16 weights rounds almost every update away. CPU stand-ins for the GPU
 presets: one device with bf16 autocast (trainer=gpu) and two gloo processes (trainer=ddp/fsdp-style data
 parallel over fp32 parameters)."""
@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 
 from rt_lab.models import load_model, load_tokenizer, resolve_path
-from rt_lab.train import train
+from rt_lab.train.fit import train
 from test_training import TINY, fit
 
 LOW_LR = TINY + ["adapter=full", "model.dtype=bfloat16", "dataset.limit=8", "trainer.lightning.max_steps=2",
@@ -91,7 +91,7 @@ def test_bf16_true_is_refused_unless_opted_in_and_then_loses_updates(compose, tm
     _, moved, _ = fp32_reference
     with pytest.raises(ValueError, match="allow_low_precision_weights=true"):
         fit(compose(LOW_LR + ["trainer.lightning.precision=bf16-true"]), tmp_path / "refused")
-    with caplog.at_level(logging.WARNING, logger="rt_lab.precision"):
+    with caplog.at_level(logging.WARNING, logger="rt_lab.train.precision"):
         fit(compose(LOW_LR + ["trainer.lightning.precision=bf16-true", "trainer.allow_low_precision_weights=true"]),
             tmp_path / "lossy")
     assert "updates below half a ulp are lost" in caplog.text

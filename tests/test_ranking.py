@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM
 from conftest import REPO, SHARED_DATA, needs_shared_data
 from rt_lab.eval.base import EvalContext, run_evaluations, switched_on
 from rt_lab.eval.ranking import draw_rivals, load_pool, rank
-from rt_lab.rows import RowError, make_row
-from rt_lab.templates import ChatTemplate, TagTemplate
+from rt_lab.data.rows import RowError, make_row
+from rt_lab.data.templates import ChatTemplate, TagTemplate
 
 DOLLY = SHARED_DATA / "dolly" / "dolly_2k_subset_sdft.json"
 TAGS = TagTemplate()

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, needs_shared_data
 
-from rt_lab.rules import (RULES, Diversity, EosRamp, Rule, RuleHead, Step, build_rules, register_rule,
+from rt_lab.generate.rules import (RULES, Diversity, EosRamp, Rule, RuleHead, Step, build_rules, register_rule,
                           resolve_token_strings)
 
 PAPER_TABLE_LLAMA2 = {"<": 29966, " <": 529, "|": 29989, " I": 306, "I": 29902, " We": 1334, "What": 5618,
@@ -169,8 +169,8 @@ class Spy(Rule):
 def test_per_row_state_in_a_ragged_left_padded_kv_cached_batch(tiny_path, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from rt_lab.generate import encode_prompt, generate_batch, generation_config
-    from rt_lab.templates import TagTemplate
+    from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
+    from rt_lab.data.templates import TagTemplate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto")
@@ -192,8 +192,8 @@ def test_per_row_state_in_a_ragged_left_padded_kv_cached_batch(tiny_path, tiny_t
 def test_generation_with_all_rules_off_is_unchanged(tiny_path, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from rt_lab.generate import encode_prompt, generate_batch, generation_config
-    from rt_lab.templates import TagTemplate
+    from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
+    from rt_lab.data.templates import TagTemplate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in ["Hi", "Tell me a story."]]
@@ -233,9 +233,9 @@ def test_request_head_matches_the_batch_head_at_every_step(tiny_path, tiny_token
     diversity scope."""
     from transformers import AutoModelForCausalLM
 
-    from rt_lab.generate import encode_prompt, generate_batch, generation_config
-    from rt_lab.rules import RequestRuleHead
-    from rt_lab.templates import TagTemplate
+    from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
+    from rt_lab.generate.rules import RequestRuleHead
+    from rt_lab.data.templates import TagTemplate
 
     cfg = paper_rules_cfg("eos_ramp", "uniform", "diversity")
     cfg.diversity.scope = scope
@@ -266,8 +266,8 @@ def test_the_two_diversity_scopes_answer_alpacaeval_prompts_differently_on_smoll
 
     from transformers import AutoModelForCausalLM
 
-    from rt_lab.generate import encode_prompt, generate_batch, generation_config
-    from rt_lab.templates import TagTemplate
+    from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
+    from rt_lab.data.templates import TagTemplate
 
     with (SHARED_DATA / "alpaca_eval" / "alpaca_eval.jsonl").open(encoding="utf-8") as handle:
         instructions = [json.loads(line)["instruction"] for _, line in zip(range(4), handle)]

@@ -206,7 +206,7 @@ def test_safety_evaluation_with_the_tiny_model_then_resumes_without_it(compose, 
                                                                       tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from rt_lab.generate import hf_batch_generator
+    from rt_lab.generate.decode import hf_batch_generator
 
     cfg = compose(["model=tiny", "eval=safety", f"paths.data_dir={data_dir}", "generation.max_new_tokens=6",
                    "generation.batch_size=2", "eval.safety.sets=[advbench,harmbench_contextual,xstest_safe]",

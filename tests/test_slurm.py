@@ -63,7 +63,7 @@ PREEMPT = ["method=rt", "dataset=sample", "trainer=cpu", "model=tiny", "model.ti
            "trainer.micro_batch_size=1", "data.max_length=128", "trainer.lightning.max_epochs=5",
            "trainer.checkpoint_every_n_steps=1000", "generation.max_new_tokens=8", "prompts.limit=3"]
 PREEMPT_AFTER_S = 1.0
-TRAINING_STARTED = "trainable parameters:"  # rt_lab/module.py logs it in on_train_start, after the guard is armed
+TRAINING_STARTED = "trainable parameters:"  # rt_lab/train/module.py logs it in on_train_start, after the guard is armed
 JOB_DIR_NAME = re.compile(r"(\d+)(?:_(\d+))?")  # submitit folders: <job id> or <array id>_<task>
 
 

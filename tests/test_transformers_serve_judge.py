@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from rt_lab.judge_backends import NoLogprobs
+from rt_lab.judges.backends import NoLogprobs
 from rt_lab.judges import OpenAIJudge, judge_pairs
 
 KEY_ENV = "RT_LAB_TEST_SERVE_KEY"  # transformers serve has no authentication; the client still wants a key

@@ -1,4 +1,4 @@
-"""AlpacaEval win-rate arithmetic (rt_lab.winrate) against values computed by hand (against alpaca_eval itself:
+"""AlpacaEval win-rate arithmetic (rt_lab.compare.winrate) against values computed by hand (against alpaca_eval itself:
 tests/test_lc_winrate.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rt_lab.winrate import summarize
+from rt_lab.compare.winrate import summarize
 
 
 def test_hand_computed_mixed_preferences():

@@ -23,7 +23,7 @@ from rt_lab.judges import build_judge
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference; returns the comparison dir (None when
     nothing could be compared)."""
-    from rt_lab import plots
+    from rt_lab.compare import plots
     from rt_lab.compare.wandb_log import log_comparison
 
     sweep_dir = Path(sweep_dir)
@@ -63,7 +63,7 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
 
 
 def pick_epochs(sweep_dir: Path, cfg: Any) -> Path | None:
-    from rt_lab.epoch_selection import report  # torch: not for `--help` or the Hydra callback's import
+    from rt_lab.compare.epoch_selection import report  # torch: not for `--help` or the Hydra callback's import
 
     return report(sweep_dir, cfg)
 

@@ -13,7 +13,7 @@ from typing import Any
 from rt_lab.compare.runs import OUT, Reference, Run, describe
 from rt_lab.io import atomic_write_json
 from rt_lab.judges import judge_pairs
-from rt_lab.winrate import summarize
+from rt_lab.compare.winrate import summarize
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def length_controlled(instructions: list[str], outputs: list[str], references: l
                       preferences: list[float | None], mode: str) -> float:
     """The LC win rate where it is defined (the 805 AlpacaEval instructions) and computable (the optional
     alpaca_eval package); `mode=auto` gives NaN otherwise, `mode=on` an error."""
-    from rt_lab.lc_winrate import LengthControlUnavailable, length_controlled_win_rate
+    from rt_lab.compare.lc_winrate import LengthControlUnavailable, length_controlled_win_rate
 
     try:
         return length_controlled_win_rate(instructions, outputs, references, preferences)["lc_win_rate"]

@@ -29,10 +29,10 @@ Metrics = dict[str, float | int]
 class EvalContext:
     cfg: Any  # the whole run config; an evaluation's own options are cfg.eval.<its name>
     tokenizer: Any
-    template: Any  # rt_lab.templates.Template of the run
+    template: Any  # rt_lab.data.templates.Template of the run
     run_dir: Path
     model: Callable[[], Any]  # the run's model (trained, or the base for methods that train nothing), in eval mode
-    answer: Callable[[], Any]  # the run's rt_lab.generate.BatchGenerator (rule head included), built on first use
+    answer: Callable[[], Any]  # the run's rt_lab.generate.decode.BatchGenerator (rule head included), built on first use
 
     def out_dir(self, name: str) -> Path:
         """Where evaluation `name` keeps its working files (generations, per-item scores)."""

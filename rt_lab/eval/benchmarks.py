@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.io import atomic_write_json
-from rt_lab.rows import Message
-from rt_lab.templates import Template
+from rt_lab.data.rows import Message
+from rt_lab.data.templates import Template
 
 log = logging.getLogger(__name__)
 

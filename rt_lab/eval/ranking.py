@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rt_lab.datasets import FORMATS, LoadStats, resolve_source
+from rt_lab.data.datasets import FORMATS, LoadStats, resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.io import atomic_write_text, read_append_log
-from rt_lab.masking import IGNORE, Example, encode_row
-from rt_lab.rows import Row, RowError
-from rt_lab.templates import Template
+from rt_lab.data.masking import IGNORE, Example, encode_row
+from rt_lab.data.rows import Row, RowError
+from rt_lab.data.templates import Template
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 prompts, for the run's own generations.
 
 Each configured set (`eval.safety.sets`, specs in `eval.safety.catalog`) is read from a local file, the data-dir
-mirror or the Hub (in that order, as `rt_lab.datasets.resolve_source` does), answered by the run's generator into
+mirror or the Hub (in that order, as `rt_lab.data.datasets.resolve_source` does), answered by the run's generator into
 `eval/safety/<set>/` (resumable per batch), and each (prompt, response) is classified as refusal or not by the
 configured classifier (rt_lab.eval.refusal_classifiers). `keyword` is free and always reported; `judge` asks an
 LLM judge (rt_lab.eval.refusal_judge), the paper's method. Add a classifier with `@register_classifier("name")`, a
@@ -27,13 +27,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from rt_lab.datasets import joined, package_path
+from rt_lab.data.datasets import joined, package_path
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
-from rt_lab.generate import generate_outputs
+from rt_lab.generate.decode import generate_outputs
 from rt_lab.eval import refusal_judge  # noqa: F401  (registers the `judge` classifier)
 from rt_lab.eval.refusal_classifiers import CLASSIFIERS, Decision, Exchange
 from rt_lab.io import atomic_write_json, read_records
-from rt_lab.prompts import Prompt
+from rt_lab.data.prompts import Prompt
 from rt_lab.registry import Registry
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Picking the epoch over a sweep (Hewitt et al.'s protocol): every run's per-epoch outputs
-(`epochs/<N>/model_outputs.json`, rt_lab/epochs.py) judged against `compare.reference.file`, a table of win rate
+(`epochs/<N>/model_outputs.json`, rt_lab/generate/epochs.py) judged against `compare.reference.file`, a table of win rate
 per setting and epoch (mean over seeds), a plot of win rate vs epoch, and the best epoch per setting.
 
     python -m rt_lab.compare SWEEP_DIR --pick-epoch compare.reference.file=PATH [judge=openai ...]
@@ -17,10 +17,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from rt_lab import plots
+from rt_lab.compare import plots
 from rt_lab.compare.report import write_csv
 from rt_lab.compare.runs import OUT, Reference, describe, find_runs, reference_file, varying_overrides
-from rt_lab.epochs import EPOCHS, epoch_dir, judge_epoch
+from rt_lab.generate.epochs import EPOCHS, epoch_dir, judge_epoch
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, build_judge
 

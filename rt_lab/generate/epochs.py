@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from omegaconf import ListConfig
 
-from rt_lab.adapters import apply_adapter
-from rt_lab.export import Base, Export, free_memory
-from rt_lab.generate import generate_outputs, hf_batch_generator
+from rt_lab.train.adapters import apply_adapter
+from rt_lab.train.export import Base, Export, free_memory
+from rt_lab.generate.decode import generate_outputs, hf_batch_generator
 from rt_lab.compare.judging import compare_pair, safe_name
 from rt_lab.compare.runs import OUT, Reference, Run, reference_file
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, JudgeError, build_judge
-from rt_lab.precision import cast_full_fine_tune, keep_master_weights_fp32
-from rt_lab.prompts import Prompt
-from rt_lab.rules import build_rules
+from rt_lab.train.precision import cast_full_fine_tune, keep_master_weights_fp32
+from rt_lab.data.prompts import Prompt
+from rt_lab.generate.rules import build_rules
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The built-in judges: `openai`, any OpenAI-compatible chat-completions server (OpenAI, vLLM, `transformers
-serve`, ...), and `hf_local`, a chat model in this process. Both follow a pairwise protocol (rt_lab.judge_protocols,
+serve`, ...), and `hf_local`, a chat model in this process. Both follow a pairwise protocol (rt_lab.judges.protocols,
 `judge.protocol`) and can generate a reasoned answer (`Judge.generate`) for judges that think before they decide.
 
 `openai` reads a label two ways (`judge.scoring`): `logprobs`, the two labels' probability mass among the answer's
@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
-from rt_lab.judge_base import (Judge, JudgeError, LogprobReader, Messages, Reply, SpendCapExceeded, Verdict,
+from rt_lab.judges.base import (Judge, JudgeError, LogprobReader, Messages, Reply, SpendCapExceeded, Verdict,
                                label_verdict, register_judge, text_verdict)
-from rt_lab.judge_protocols import LABELS, build_protocol
+from rt_lab.judges.protocols import LABELS, build_protocol
 
 SCORINGS = ("logprobs", "text")
 TEXT_MAX_TOKENS = 16  # scoring=text: room for a short sentence around the label ("The best model is: m.")

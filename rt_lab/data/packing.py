@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from rt_lab.masking import Example
+from rt_lab.data.masking import Example
 
 FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
 

@@ -20,9 +20,9 @@ except ImportError as err:  # pragma: no cover - depends on the machine
         "generation.backend=vllm needs vLLM (GPU machines): pip install vllm; or use generation.backend=hf"
     ) from err
 
-from rt_lab.export import is_adapter_folder
-from rt_lab.generate import BatchGenerator, EncodedPrompt
-from rt_lab.rules import RequestRuleHead, build_rules
+from rt_lab.train.export import is_adapter_folder
+from rt_lab.generate.decode import BatchGenerator, EncodedPrompt
+from rt_lab.generate.rules import RequestRuleHead, build_rules
 
 RULES_KEY = "rt_lab_rules"
 START_KEY = "rt_lab_instruction_start"

@@ -1,14 +1,14 @@
 """What each training method does to a conversation before it is rendered: keep, blank or drop user turns.
 
 `it`/`full`/`single_task` keep them; response tuning blanks their content (Hewitt et al.) or drops them
-(An et al.). Where the loss falls is the separate `loss_on` choice in `rt_lab.masking`."""
+(An et al.). Where the loss falls is the separate `loss_on` choice in `rt_lab.data.masking`."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 from rt_lab.registry import Registry
-from rt_lab.rows import Message, Row
+from rt_lab.data.rows import Message, Row
 
 UserTurns = Callable[[Row], Row]
 USER_TURNS = Registry("user-turn transform")

@@ -42,7 +42,7 @@ def win_rates(table: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def win_rate_vs_epoch(table: Sequence[dict[str, Any]], out_dir: Path) -> Path:
-    """`win_rate_vs_epoch.png` from `rt_lab.epoch_selection.epoch_table` rows: one panel per model, one line per
+    """`win_rate_vs_epoch.png` from `rt_lab.compare.epoch_selection.epoch_table` rows: one panel per model, one line per
     method x dataset x setting, error bars as in `win_rates`; the dashed line is parity with the reference."""
     import matplotlib
 

@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterator, Sequence
 import lightning as L
 import torch
 
-from rt_lab.datasets import load_rows
-from rt_lab.masking import IGNORE, Example, encode_rows
-from rt_lab.methods import user_turns
-from rt_lab.packing import best_fit_decreasing, collate_packed
-from rt_lab.templates import Template
+from rt_lab.data.datasets import load_rows
+from rt_lab.data.masking import IGNORE, Example, encode_rows
+from rt_lab.data.methods import user_turns
+from rt_lab.data.packing import best_fit_decreasing, collate_packed
+from rt_lab.data.templates import Template
 
 log = logging.getLogger(__name__)
 

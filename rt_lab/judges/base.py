@@ -87,7 +87,7 @@ def text_verdict(text: str, labels: Sequence[str]) -> Verdict:
 class Judge:
     both_orders: bool = True
     max_concurrency: int = 1
-    protocol: Any = None  # the pairwise protocol (rt_lab.judge_protocols.PairProtocol) that `compare` follows
+    protocol: Any = None  # the pairwise protocol (rt_lab.judges.protocols.PairProtocol) that `compare` follows
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the judge's answer; part of every cache key."""

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from rt_lab.datasets import resolve_source
+from rt_lab.data.datasets import resolve_source
 
 log = logging.getLogger(__name__)
 

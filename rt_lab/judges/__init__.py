@@ -1,14 +1,14 @@
 """Pairwise judges for AlpacaEval-style win rates, with a resumable on-disk judgment cache.
 
-A judge (rt_lab.judge_base.Judge) answers a question with one of two labels and gives the probability of the
+A judge (rt_lab.judges.base.Judge) answers a question with one of two labels and gives the probability of the
 second (`choose`), or reasons and answers in text (`generate`); the pairwise comparison (`compare`: is the second
-of two outputs better?) puts the pair as its protocol says (rt_lab.judge_protocols: AlpacaEval's annotator or
+of two outputs better?) puts the pair as its protocol says (rt_lab.judges.protocols: AlpacaEval's annotator or
 rt_lab's prompt). `judge_pairs` compares each model output with its reference (AlpacaEval's output_1 =
 reference, output_2 = model), in both orders or in the protocol's one order, and returns preferences p = 1 +
-P(model wins) for `rt_lab.winrate.summarize`. `judge_each` (rt_lab.judge_cache) runs any many-item judging (the
+P(model wins) for `rt_lab.compare.winrate.summarize`. `judge_each` (rt_lab.judges.cache) runs any many-item judging (the
 safety evaluation's refusal classifier too) through the same cache, concurrency limit and failure handling. Add
 a judge with `@register_judge("name")` on a `Judge` subclass taking its config keys as keyword arguments;
-`build_judge(cfg)` builds the one `cfg.name` names. The built-in ones are in rt_lab.judge_backends.
+`build_judge(cfg)` builds the one `cfg.name` names. The built-in ones are in rt_lab.judges.backends.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from rt_lab.judge_backends import HFLocalJudge, OpenAIJudge, parse_reply
-from rt_lab.judge_base import (JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, Verdict,
+from rt_lab.judges.backends import HFLocalJudge, OpenAIJudge, parse_reply
+from rt_lab.judges.base import (JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, Verdict,
                                register_judge)
-from rt_lab.judge_cache import cache_key, judge_each
-from rt_lab.winrate import DRAW
+from rt_lab.judges.cache import cache_key, judge_each
+from rt_lab.compare.winrate import DRAW
 
 __all__ = ["JUDGES", "HFLocalJudge", "Judge", "JudgeError", "Judgment", "OpenAIJudge", "Reply", "SpendCapExceeded",
            "Verdict", "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply", "register_judge"]

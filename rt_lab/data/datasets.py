@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from rt_lab.io import read_records
 from rt_lab.registry import Registry
-from rt_lab.rows import Row, RowError, make_row
+from rt_lab.data.rows import Row, RowError, make_row
 
 log = logging.getLogger(__name__)
 

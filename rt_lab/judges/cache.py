@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rt_lab.io import read_append_log
-from rt_lab.judge_base import Judge, JudgeError, Judgment
+from rt_lab.judges.base import Judge, JudgeError, Judgment
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import sys
 import types
 from typing import Any, Iterator, Sequence
 
-from rt_lab.datasets import package_path
+from rt_lab.data.datasets import package_path
 
 INSTALL_HINT = 'pip install "rt_lab[alpaca_eval]"'
 CALIBRATION = ("tatsu-lab/alpaca_eval", "df_gamed.csv")
@@ -34,7 +34,7 @@ N_ALPACA_EVAL = 805
 
 class LengthControlUnavailable(RuntimeError):
     """No LC win rate for these inputs here: not the AlpacaEval instructions, or alpaca_eval or its calibration
-    file is missing. The plain win rate (rt_lab.winrate) still applies."""
+    file is missing. The plain win rate (rt_lab.compare.winrate) still applies."""
 
 
 def instruction_key(instruction: str) -> str:
@@ -90,7 +90,7 @@ def length_controlled_win_rate(instructions: Sequence[str], outputs: Sequence[st
     except LocalEntryNotFoundError as err:
         raise LengthControlUnavailable(
             f"alpaca_eval's LC needs {CALIBRATION[1]} from the Hugging Face dataset {CALIBRATION[0]}, which is "
-            f"neither in the hub cache nor downloadable here ({err}); pre-cache it (see rt_lab/lc_winrate.py)"
+            f"neither in the hub cache nor downloadable here ({err}); pre-cache it (see rt_lab/compare/lc_winrate.py)"
         ) from err
     return {"lc_win_rate": float(metrics["length_controlled_winrate"]),
             "lc_standard_error": float(metrics["lc_standard_error"])}
@@ -117,7 +117,7 @@ def _pkg_resources_for_alpaca_eval() -> Iterator[None]:
     if needed:
         from packaging.version import parse
 
-        module = types.ModuleType("pkg_resources", "stand-in for alpaca_eval (rt_lab.lc_winrate)")
+        module = types.ModuleType("pkg_resources", "stand-in for alpaca_eval (rt_lab.compare.lc_winrate)")
         module.parse_version = parse  # type: ignore[attr-defined]
         module.get_distribution = (  # type: ignore[attr-defined]
             lambda name: types.SimpleNamespace(version=importlib.metadata.version(name)))

@@ -1,5 +1,5 @@
 """The LightningModule: a causal LM (optionally with a peft adapter) trained one window of rows per optimizer
-step, its loss normalised over the whole window (rt_lab/loss.py), so packing and accumulation splits never
+step, its loss normalised over the whole window (rt_lab/train/loss.py), so packing and accumulation splits never
 change it."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
-from rt_lab.adapters import count_parameters
-from rt_lab.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
-from rt_lab.optim import build_schedule
+from rt_lab.train.adapters import count_parameters
+from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.train.optim import build_schedule
 
 log = logging.getLogger(__name__)
 

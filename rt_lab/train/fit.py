@@ -12,12 +12,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from rt_lab.adapters import apply_adapter
-from rt_lab.datamodule import InstructionDataModule
-from rt_lab.module import CausalLMModule
+from rt_lab.train.adapters import apply_adapter
+from rt_lab.data.datamodule import InstructionDataModule
+from rt_lab.train.module import CausalLMModule
 from rt_lab.loggers import TrimLogsOnResume
-from rt_lab.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
-from rt_lab.preemption import PreemptionGuard
+from rt_lab.train.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
+from rt_lab.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementatio
 def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
           callbacks: Sequence[Any] = ()) -> Any:
     """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model, a full
-    fine-tune back in `model.dtype` (rt_lab/precision.py)."""
+    fine-tune back in `model.dtype` (rt_lab/train/precision.py)."""
     check_precision(cfg.trainer.lightning.precision, cfg.trainer.allow_low_precision_weights)
     model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
     keep_master_weights_fp32(model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rt_lab.rows import Message
+from rt_lab.data.rows import Message
 
 
 @dataclass(frozen=True)

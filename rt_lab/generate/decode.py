@@ -2,7 +2,7 @@
 
 Prompts are sorted by length into a fixed plan of left-padded batches. Each finished batch is appended to a
 JSONL file; a rerun skips the batches already answered and regenerates the others whole, so an interrupted run
-ends with the same file as an uninterrupted one. An optional rule head (rt_lab.rules) joins every batch."""
+ends with the same file as an uninterrupted one. An optional rule head (rt_lab.generate.rules) joins every batch."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from rt_lab.io import atomic_write_json, read_append_log
-from rt_lab.masking import tokenize
-from rt_lab.prompts import Prompt
-from rt_lab.rules import Rule, RuleHead
-from rt_lab.templates import Template
+from rt_lab.data.masking import tokenize
+from rt_lab.data.prompts import Prompt
+from rt_lab.generate.rules import Rule, RuleHead
+from rt_lab.data.templates import Template
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
-from rt_lab.judge_base import JudgeError, LogprobReader, Messages, Verdict
-from rt_lab.lc_winrate import INSTALL_HINT, _pkg_resources_for_alpaca_eval
+from rt_lab.judges.base import JudgeError, LogprobReader, Messages, Verdict
+from rt_lab.compare.lc_winrate import INSTALL_HINT, _pkg_resources_for_alpaca_eval
 from rt_lab.registry import Registry
 
 PROTOCOLS = Registry("judge protocol")

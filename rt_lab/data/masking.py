@@ -11,8 +11,8 @@ from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from rt_lab.registry import Registry
-from rt_lab.rows import Row
-from rt_lab.templates import Rendered, Template
+from rt_lab.data.rows import Row
+from rt_lab.data.templates import Rendered, Template
 
 log = logging.getLogger(__name__)
 

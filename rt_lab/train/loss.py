@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from rt_lab.masking import IGNORE
+from rt_lab.data.masking import IGNORE
 from rt_lab.registry import Registry
 
 Batch = dict[str, torch.Tensor]
