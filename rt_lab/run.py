@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
@@ -19,12 +19,12 @@ from rt_lab.train.adapters import quantization_config
 from rt_lab.generate.epochs import EpochSelection
 from rt_lab.eval import EvalContext, run_evaluations
 from rt_lab.train.export import Base, exporter, free_memory
-from rt_lab.generate.decode import generate_outputs, hf_batch_generator
+from rt_lab.generate.backends import RunModel, make_generator
+from rt_lab.generate.decode import generate_outputs
 from rt_lab.io import read_records
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.data.prompts import load_prompts
-from rt_lab.generate.rules import build_rules
 from rt_lab.train.fit import train
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 TRAINED = "trained.done"
 DONE = "run.done"  # the whole job finished; resumed sweeps do not launch it again
 JOBS = "jobs.json"  # in a sweep dir: every job the launcher planned, by number
-BACKENDS = ("hf", "vllm")
 
 
 def build_loggers(cfg: Any) -> list[Any]:
@@ -47,11 +46,10 @@ def run_base(cfg: Any) -> Base:
     return Base(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir), quantization_config(cfg.adapter))
 
 
-def trained_loader(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any],
-                   callbacks: Sequence[Any] = ()) -> tuple[Callable[[], Any], Path]:
-    """(a loader of the trained model, its export folder): trained and exported now, or already when this run
-    dir finished training. The model always comes back from the export, so a first run and a rerun generate
-    from the same weights, and the vLLM backend loads nothing here."""
+def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any],
+                  callbacks: Sequence[Any] = ()) -> RunModel:
+    """The trained model, trained and exported now, or already when this run dir finished training. It always
+    comes back from the export, so a first run and a rerun generate from the same weights."""
     export_dir = run_dir / "model"
     base = run_base(cfg)
     export = exporter(cfg.adapter)  # a bad adapter.export fails now, not after training
@@ -63,7 +61,13 @@ def trained_loader(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, logge
                     base)
         free_memory()
         (run_dir / TRAINED).touch()
-    return lambda: export.load(export_dir, base), export_dir
+    return RunModel(export_dir, partial(export.load, export_dir, base))
+
+
+def base_model(cfg: Any) -> RunModel:
+    """The untrained model, for the methods that train nothing."""
+    path = resolve_path(cfg.model, cfg.paths.cache_dir)
+    return RunModel(path, partial(load_model, cfg.model, path))
 
 
 def log_generation(outputs: Path, loggers: list[Any]) -> None:
@@ -81,8 +85,7 @@ def run(cfg: Any) -> Path:
         return run_dir / "model_outputs.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, workers=True)
-    base_path = resolve_path(cfg.model, cfg.paths.cache_dir)
-    tokenizer = load_tokenizer(cfg.model, base_path)
+    tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir))
     template = instantiate(cfg.template)
     prompts = load_prompts(cfg.prompts, cfg.paths.data_dir)  # fail on a bad prompt file before training
     loggers = build_loggers(cfg)
@@ -90,36 +93,15 @@ def run(cfg: Any) -> Path:
         # generation.at_epochs: outputs at listed epochs of this one training run (rt_lab/generate/epochs.py)
         epochs = EpochSelection.build(cfg, tokenizer, template, prompts, run_base(cfg), exporter(cfg.adapter),
                                       run_dir, loggers)
-        if cfg.method.train:
-            load, model_path = trained_loader(cfg, tokenizer, template, run_dir, loggers,
-                                              [epochs.callback()] if epochs else [])
-        else:
-            model_path = base_path
-            load = partial(load_model, cfg.model, base_path)
-        backend = cfg.generation.get("backend", "hf")
-        if backend not in BACKENDS:
-            raise ValueError(f"generation.backend={backend!r}; expected one of {BACKENDS}")
-        model = None
-        if backend == "vllm":
-            from rt_lab.generate.vllm_backend import vllm_batch_generator
-
-            answer = vllm_batch_generator(model_path, cfg.generation, cfg.rules)
-        else:
-            model = load()
-            answer = hf_batch_generator(model, tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
+        model = trained_model(cfg, tokenizer, template, run_dir, loggers, [epochs.callback()] if epochs else []) \
+            if cfg.method.train else base_model(cfg)
+        answer = make_generator(cfg, tokenizer, model)
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
                                    cfg.run.name, run_dir)
         log_generation(outputs, loggers)
         if epochs:
             epochs.after_run(outputs)
-
-        def eval_model() -> Any:
-            nonlocal model
-            if model is None:  # vLLM generated: load the HF copy now
-                model = load()
-            return model.eval()
-
-        run_evaluations(EvalContext(cfg, tokenizer, template, run_dir, eval_model, lambda: answer), loggers)
+        run_evaluations(EvalContext(cfg, tokenizer, template, run_dir, model, answer), loggers)
     finally:
         finish_wandb()
     (run_dir / DONE).touch()

@@ -19,12 +19,16 @@ from rt_lab.eval.benchmarks import BenchmarkOptions, flatten, options, render_ch
 from rt_lab.data.templates import ChatTemplate, TagTemplate
 
 
+def never_generates(batch):
+    pytest.fail("benchmarks never generate through rt_lab")
+
+
 def context(cfg, tmp_path: Path, model=None, tokenizer=None, template=None) -> EvalContext:
     def no_model():
         pytest.fail("the model was built although nothing needed it")
 
     return EvalContext(cfg=cfg, tokenizer=tokenizer, template=template or TagTemplate(), run_dir=tmp_path / "run",
-                       model=model or no_model, answer=lambda: pytest.fail("benchmarks never generate through rt_lab"))
+                       model=model or no_model, answer=never_generates)
 
 
 def test_missing_lm_eval_names_the_extra(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from rt_lab.train.adapters import quantization_config
 from rt_lab.train.export import EXPORTS, MERGED_ADAPTER, Base, is_adapter_folder
 from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
 from rt_lab.models import load_tokenizer, resolve_path
-from rt_lab.run import TRAINED, trained_loader
+from rt_lab.run import TRAINED, trained_model
 from rt_lab.train.fit import train
 
 # Two optimizer steps at a high learning rate: enough for every lora_B to leave zero.
@@ -73,7 +73,8 @@ def test_qlora_merge_bf16_equals_a_hand_merge_into_the_bf16_base(compose, tmp_pa
     path = resolve_path(cfg.model, None)
     tokenizer = load_tokenizer(cfg.model, path)
     run_dir = tmp_path / "run"
-    load, folder = trained_loader(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    folder = load.path
     adapter = folder / MERGED_ADAPTER
     assert (run_dir / TRAINED).is_file()
     assert not is_adapter_folder(folder) and is_adapter_folder(adapter)  # vLLM gets the dense folder
@@ -95,7 +96,7 @@ def test_qlora_merge_bf16_equals_a_hand_merge_into_the_bf16_base(compose, tmp_pa
 
     # a rerun after trained.done exports nothing again and loads the same dense model
     written = (folder / "model.safetensors").stat().st_mtime_ns
-    rerun, _ = trained_loader(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    rerun = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
     assert torch.equal(logits(rerun(), tokenizer), logits(reference, tokenizer))
     assert (folder / "model.safetensors").stat().st_mtime_ns == written
 
@@ -107,13 +108,14 @@ def test_adapter_only_keeps_the_adapter_on_the_4bit_base(compose, tmp_path):
     cfg = compose(QLORA + ["adapter.export=adapter_only"])
     tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, None))
     run_dir = tmp_path / "run"
-    load, folder = trained_loader(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    folder = load.path
     assert is_adapter_folder(folder) and not (folder / MERGED_ADAPTER).exists()
     assert not (folder / "model.safetensors").exists()
     model = load()
     assert isinstance(model, PeftModel)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    rerun, _ = trained_loader(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    rerun = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
     assert torch.equal(logits(rerun(), tokenizer), logits(model, tokenizer))
 
 
@@ -142,7 +144,7 @@ def test_merge_bf16_frees_the_4bit_model_before_loading_the_dense_base(compose, 
     path = resolve_path(cfg.model, None)
     tokenizer = load_tokenizer(cfg.model, path)
     base = WatchedBase(cfg.model, path, quantization_config(cfg.adapter))
-    # as run.trained_loader does: train()'s result handed straight to save
+    # as run.trained_model does: train()'s result handed straight to save
     EXPORTS["merge_bf16"].save(train(cfg, base.load(), tokenizer, instantiate(cfg.template), tmp_path, [],
                                      [WeakrefAtTrainEnd(base.trained)]), tokenizer, tmp_path / "model", base)
     assert base.alive_at_load == [False]
@@ -160,7 +162,7 @@ def test_merge_bf16_frees_the_4bit_model_before_loading_the_dense_base(compose, 
 def test_an_export_that_does_not_exist_or_fit_fails_before_training(compose, tmp_path, overrides, error, message):
     cfg = compose(TINY + overrides)
     with pytest.raises(error, match=message):
-        trained_loader(cfg, None, None, tmp_path, [])
+        trained_model(cfg, None, None, tmp_path, [])
     assert not (tmp_path / "checkpoints").exists()
 
 

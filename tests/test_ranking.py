@@ -180,7 +180,7 @@ def test_evaluation_runs_from_the_data_dir_mirror(compose, tiny_path, tiny_token
     write(data_dir / "alpaca" / "alpaca_data.json", ALPACA_ROWS)
     cfg = compose(["model=tiny", "eval=ranking", f"paths.data_dir={data_dir}", "eval.ranking.limit=5"])
     run_dir = Path(cfg.paths.run_dir)
-    ctx = EvalContext(cfg, tiny_tokenizer, instantiate(cfg.template), run_dir, lambda: tiny_model, lambda: None)
+    ctx = EvalContext(cfg, tiny_tokenizer, instantiate(cfg.template), run_dir, lambda: tiny_model, None)
     metrics = run_evaluations(ctx, [])["ranking"]
     assert metrics["n_rows"] == 5 and metrics["n_pairs"] == 5 * 5 - metrics["n_self_draws"]
     assert 0 <= metrics["accuracy"] <= 1

@@ -199,7 +199,7 @@ def context(cfg, tokenizer, model=None, answer=None) -> EvalContext:
         raise AssertionError("the model was needed")
 
     return EvalContext(cfg, tokenizer, instantiate(cfg.template), Path(cfg.paths.run_dir),
-                       (lambda: model) if model else unavailable, (lambda: answer) if answer else unavailable)
+                       (lambda: model) if model else unavailable, answer or (lambda batch: unavailable()))
 
 
 def test_safety_evaluation_with_the_tiny_model_then_resumes_without_it(compose, data_dir, tiny_path,

@@ -31,8 +31,9 @@ class EvalContext:
     tokenizer: Any
     template: Any  # rt_lab.data.templates.Template of the run
     run_dir: Path
-    model: Callable[[], Any]  # the run's model (trained, or the base for methods that train nothing), in eval mode
-    answer: Callable[[], Any]  # the run's rt_lab.generate.decode.BatchGenerator (rule head included), built on first use
+    model: Callable[[], Any]  # the run's model (trained, or the base for methods that train nothing), in eval mode,
+    #                           loaded on first call (a vLLM run has not loaded it for generation)
+    answer: Any  # the run's rt_lab.generate.decode.BatchGenerator (rule head included): batch -> answers
 
     def out_dir(self, name: str) -> Path:
         """Where evaluation `name` keeps its working files (generations, per-item scores)."""

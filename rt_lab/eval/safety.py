@@ -217,7 +217,7 @@ def safety(ctx: EvalContext) -> Metrics:
 
     def answer(batch: Sequence[Any]) -> list[str]:
         # the run's generator is built on first use: a rerun whose answers are all on disk loads no model
-        return ctx.answer()(batch)
+        return ctx.answer(batch)
 
     decisions: dict[str, dict[str, list[Decision]]] = {name: {} for name in names}
     metrics: Metrics = {}
