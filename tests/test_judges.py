@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from judge_server import BAD, GOOD, KEY_ENV, SECRET, CannedJudgeServer
 from rt_lab.judges.backends import NoLogprobs
 from rt_lab.judges import JUDGES, JudgeError, OpenAIJudge, SpendCapExceeded, build_judge, judge_pairs, parse_reply
-from rt_lab.compare.lc_winrate import _pkg_resources_for_alpaca_eval
+from rt_lab.alpaca_eval_compat import pkg_resources_for_alpaca_eval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,7 +244,7 @@ ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 @pytest.fixture(scope="module")
 def alpaca_eval_annotator():
     """alpaca_eval's own single annotator for ANNOTATOR; nothing is sent through it."""
-    with _pkg_resources_for_alpaca_eval():
+    with pkg_resources_for_alpaca_eval():
         from alpaca_eval.annotators import PairwiseAnnotator
     return PairwiseAnnotator(annotators_config=ANNOTATOR, caching_path=None).annotators[ANNOTATOR]
 

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rt_lab.judges.backends import HFLocalJudge, OpenAIJudge, parse_reply
-from rt_lab.judges.base import (JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, Verdict,
+from rt_lab.judges.base import (DRAW, JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, Verdict,
                                register_judge)
 from rt_lab.judges.cache import cache_key, judge_each
-from rt_lab.compare.winrate import DRAW
 
 __all__ = ["JUDGES", "HFLocalJudge", "Judge", "JudgeError", "Judgment", "OpenAIJudge", "Reply", "SpendCapExceeded",
            "Verdict", "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply", "register_judge"]

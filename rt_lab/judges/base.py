@@ -15,6 +15,9 @@ register_judge = JUDGES.register
 
 Messages = list[dict[str, str]]  # chat messages, [{"role": ..., "content": ...}, ...]
 
+# A preference lies in [1, 2]: 1 = the reference wins, 2 = the model wins (AlpacaEval's scale)
+DRAW = 1.5
+
 
 class JudgeError(RuntimeError):
     """The judging run cannot go on (configuration, authentication, spend cap); judged pairs stay cached."""

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from rt_lab.judges.base import JudgeError, LogprobReader, Messages, Verdict
-from rt_lab.compare.lc_winrate import INSTALL_HINT, _pkg_resources_for_alpaca_eval
+from rt_lab.alpaca_eval_compat import INSTALL_HINT, pkg_resources_for_alpaca_eval
 from rt_lab.registry import Registry
 
 PROTOCOLS = Registry("judge protocol")
@@ -95,7 +95,7 @@ SWITCH_COLUMN = "is_switched_outputs"
 def import_alpaca_eval() -> SimpleNamespace:
     """The parts of alpaca_eval the protocol uses, or an error saying how to install it."""
     try:
-        with _pkg_resources_for_alpaca_eval():
+        with pkg_resources_for_alpaca_eval():
             from alpaca_eval import completion_parsers, constants, utils
             from alpaca_eval.annotators.base import BaseAnnotator
     except ImportError as err:
