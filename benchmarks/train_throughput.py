@@ -192,7 +192,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     model = apply_adapter(load_model(cfg.model, path), cfg.adapter, cfg.trainer.gradient_checkpointing)
     data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm, cfg.trainer.loss_normalization)
+                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
     data.setup("fit")  # tokenise now (setup() is idempotent) so the count is known and stays out of the timing
     supervised = sum(example.num_supervised for example in data.examples)
     clock = StepClock(args.device)

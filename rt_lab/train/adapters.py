@@ -29,7 +29,7 @@ def keep_4bit_gradients(model: Any) -> int:
 
 
 def apply_adapter(model: Any, adapter: Any, gradient_checkpointing: bool = False) -> Any:
-    if adapter.name == "full":
+    if not adapter.get("lora"):  # a full fine-tune: no adapter config
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return model

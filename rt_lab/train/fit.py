@@ -58,7 +58,7 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
     keep_master_weights_fp32(model)
     data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm, cfg.trainer.loss_normalization)
+                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 class CausalLMModule(L.LightningModule):
     def __init__(self, model: Any, optimizer: Callable[..., torch.optim.Optimizer], schedule: Any,
-                 max_grad_norm: float | None, loss_normalization: str = "token") -> None:
+                 max_grad_norm: float | None, steps_per_epoch: Callable[[], int],
+                 loss_normalization: str = "token") -> None:
         super().__init__()
+        self.steps_per_epoch = steps_per_epoch  # optimizer steps per epoch, known once the data is set up
         self.normalization = LOSS_NORMALIZATIONS.lookup(loss_normalization, "trainer.loss_normalization")
         self.model = model
         self.optimizer_factory = optimizer
@@ -45,7 +47,7 @@ class CausalLMModule(L.LightningModule):
         # Not `trainer.estimated_stepping_batches`: it would start the data iterator before a checkpoint's
         # global step is restored, and the window loader derives its resume position from that step.
         trainer = self.trainer
-        per_epoch = trainer.datamodule.steps_per_epoch()
+        per_epoch = self.steps_per_epoch()
         by_epochs = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         if trainer.max_steps and trainer.max_steps > 0:
             return min(trainer.max_steps, by_epochs) if by_epochs else trainer.max_steps
