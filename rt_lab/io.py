@@ -106,7 +106,8 @@ def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
 
 
 def csv_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
-    reader = csv.DictReader(StringIO(text, newline=""))
+    # strict: an unclosed quote is an error at its line, not a silently merged field
+    reader = csv.DictReader(StringIO(text, newline=""), strict=True)
     try:
         header = reader.fieldnames or []
         if len(set(header)) != len(header) or not all(header):
@@ -119,7 +120,7 @@ def csv_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
             # upstream copies differ in CRLF/LF inside quoted fields; a prompt must not
             yield number, {key: value.replace("\r\n", "\n") for key, value in record.items()}
     except csv.Error as err:
-        raise ValueError(f"{path}: line {reader.line_num}: bad CSV ({err})") from err
+        raise ValueError(f"{path}: after line {reader.line_num}: bad CSV ({err})") from err
 
 
 def read_append_log(path: str | Path) -> list[dict]:
