@@ -60,6 +60,8 @@ BAD_INPUTS = [
      r" row 2: empty prompt"),
     ("where column missing", "safety", "nolabel.csv", b"prompt,type\na,b\n", "prompt",
      r" row 1: no column 'label' to select on \(where\)"),
+    ("where range over text", "dataset", "mbpp.csv", b"task_id,text,code\n601,t,c\n", "mbpp",
+     r" row 1: task_id='601' cannot be compared with the where range \[601, 974\]"),
     ("empty file", "dataset", "empty.jsonl", b"", "messages", r": no records \(an empty file\?\)"),
     ("blank lines only", "prompts", "blank.jsonl", b"\n  \n", "instruction", r": no records"),
     ("unknown format", "dataset", "rows.jsonl", jsonl(GOOD), "no_such_format",
@@ -73,7 +75,8 @@ BAD_INPUTS = [
 def load(compose, loader: str, path: Path, fmt: str | None):
     """Read `path` the way a run reads that kind of source."""
     if loader == "dataset":
-        return load_rows(compose(["dataset=sample", f"dataset.file={path}", f"dataset.format={fmt}"]).dataset)
+        option = "mbpp" if fmt == "mbpp" else "sample"  # mbpp: a file keeps the mirror's task_id range
+        return load_rows(compose([f"dataset={option}", f"dataset.file={path}", f"dataset.format={fmt}"]).dataset)
     if loader == "prompts":
         return load_prompts(compose(["prompts=file", f"prompts.file={path}", f"prompts.format={fmt}"]).prompts)
     # XSTest's spec: a file inherits the mirror's `where: {label: safe}` filter

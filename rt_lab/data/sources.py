@@ -41,7 +41,11 @@ class Source:
                              f"{sorted(record)}")
         if OmegaConf.is_list(wanted) or isinstance(wanted, (list, tuple)):
             low, high = wanted
-            return low <= record[column] <= high
+            try:
+                return low <= record[column] <= high
+            except TypeError as err:  # e.g. a CSV's text against a numeric range
+                raise ValueError(f"{self.name} row {index}: {column}={record[column]!r} cannot be compared with "
+                                 f"the where range {list(wanted)}") from err
         return str(record[column]) == str(wanted)
 
     def conversations(self, stats: LoadStats) -> Iterator[Conversation]:
