@@ -1,10 +1,14 @@
-"""Reading and atomically writing the JSON/JSONL files every stage produces."""
+"""Reading the record files data comes in (JSON, JSONL, CSV, text) and atomically writing the JSON/JSONL files
+every stage produces."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
+from importlib import resources
+from io import StringIO
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,22 +33,66 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line or index number, record) from a JSON list or a JSONL file; errors name the file and line."""
-    path = Path(path)
+def package_path(file: str) -> Path:
+    """`pkg://sample_data/x.jsonl` names a file shipped inside rt_lab; anything else is a filesystem path."""
+    if file.startswith("pkg://"):
+        return Path(str(resources.files("rt_lab").joinpath(file.removeprefix("pkg://"))))
+    return Path(file).expanduser()
+
+
+def read_text(path: Path) -> str:
+    """A file's UTF-8 text; a missing file, a directory or bytes that are not UTF-8 are errors naming the file."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; give a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON list ({err})") from err
-        for index, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: item {index} is a {type(record).__name__}, expected an object")
-            yield index, record
-        return
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                         f"save it as UTF-8") from err
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (row number, record) from a JSON list (number: index), JSONL (line), CSV (header, then row 1...), text
+    (one {"prompt": line} a line), or a JSON object of instruction/input lists (safety-tuned LLaMAs' evaluation
+    files). Every error names the file, and the line or row where there is one."""
+    path = Path(path)
+    text = read_text(path)
+    if path.suffix == ".csv":
+        yield from csv_records(path, text)
+    elif path.suffix == ".txt":
+        yield from ((number, {"prompt": line}) for number, line in enumerate(text.splitlines(), start=1)
+                    if line.strip())
+    elif path.suffix == ".json" or text.lstrip().startswith("["):
+        yield from json_records(path, text)
+    else:
+        yield from jsonl_records(path, text)
+
+
+def json_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = "; one object a line is JSONL: name the file .jsonl" if err.msg == "Extra data" else ""
+        raise ValueError(f"{path}: line {err.lineno}: invalid JSON ({err.msg}{hint})") from err
+    if isinstance(whole, dict) and isinstance(whole.get("instructions"), list):
+        inputs = whole.get("inputs") or []  # may be shorter than instructions (empty in most of those files)
+        whole = [{"instruction": instruction, "input": inputs[index] if index < len(inputs) else None}
+                 for index, instruction in enumerate(whole["instructions"])]
+    if not isinstance(whole, list):
+        keys = f" with keys {sorted(whole)[:8]}" if isinstance(whole, dict) else ""
+        raise ValueError(f"{path}: a JSON {type(whole).__name__}{keys}, expected a list of records "
+                         f"(one object a line: name the file .jsonl)")
+    for index, record in enumerate(whole):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: item {index} is a {type(record).__name__}, expected an object")
+        yield index, record
+
+
+def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -55,6 +103,24 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
         if not isinstance(record, dict):
             raise ValueError(f"{path}: line {line_number}: expected a JSON object, got {type(record).__name__}")
         yield line_number, record
+
+
+def csv_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    # strict: an unclosed quote is an error at its line, not a silently merged field
+    reader = csv.DictReader(StringIO(text, newline=""), strict=True)
+    try:
+        header = reader.fieldnames or []
+        if len(set(header)) != len(header) or not all(header):
+            raise ValueError(f"{path}: header row {header}: column names must be non-empty and distinct")
+        for number, record in enumerate(reader, start=1):
+            if None in record:
+                raise ValueError(f"{path} row {number}: more fields than the header has columns")
+            if None in record.values():
+                raise ValueError(f"{path} row {number}: fewer fields than the header has columns")
+            # upstream copies differ in CRLF/LF inside quoted fields; a prompt must not
+            yield number, {key: value.replace("\r\n", "\n") for key, value in record.items()}
+    except csv.Error as err:
+        raise ValueError(f"{path}: after line {reader.line_num}: bad CSV ({err})") from err
 
 
 def read_append_log(path: str | Path) -> list[dict]:

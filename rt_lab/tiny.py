@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from rt_lab.data.datasets import package_path
-from rt_lab.io import read_records
+from rt_lab.io import package_path, read_records
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]
 TAGS = ["<|user|>", "<|assistant|>", "<|system|>", "<|A|>", "<|B|>"]

@@ -99,7 +99,7 @@ def check_data(cfg: DictConfig, option: str) -> None:
 
 
 def check_dataset(cfg: DictConfig, option: str) -> None:
-    from rt_lab.data.datasets import FORMATS
+    from rt_lab.data.formats import FORMATS
 
     dataset = cfg.dataset
     assert dataset.name == option

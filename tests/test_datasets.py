@@ -12,7 +12,8 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import SHARED_DATA, needs_shared_data
-from rt_lab.data.datasets import FORMATS, SAMPLERS, LoadStats, load_rows
+from rt_lab.data.datasets import SAMPLERS, load_rows
+from rt_lab.data.formats import FORMATS, LoadStats, training_rows
 from rt_lab.data.prompts import load_prompts
 from rt_lab.data.rows import RowError
 
@@ -29,7 +30,7 @@ def alternates(row) -> bool:
 
 def run_format(name: str, records: list[dict]) -> tuple[list, LoadStats]:
     stats = LoadStats()
-    rows = list(FORMATS[name](enumerate(records), "hand-written", stats))
+    rows = list(training_rows(FORMATS[name](enumerate(records), "hand-written", stats), "hand-written"))
     return rows, stats
 
 
@@ -372,7 +373,7 @@ def test_prompt_file_with_empty_instruction(compose, tmp_path):
         json.dumps({"id": "a", "instruction": "Tell me a joke."}),
         json.dumps({"id": "b", "instruction": "   "}),
     ])
-    with pytest.raises(ValueError, match=r"prompts\.jsonl row 2: no instruction text"):
+    with pytest.raises(ValueError, match=r"prompts\.jsonl row 2: empty prompt"):
         load_prompts(compose(["prompts=file", f"prompts.file={path}"]).prompts)
 
 

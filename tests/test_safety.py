@@ -141,7 +141,8 @@ def test_a_set_file_keeps_the_mirrors_format_and_filter(compose, data_dir, tmp_p
 
 @pytest.mark.parametrize(("name", "header", "rows", "error"), [
     ("advbench", ["question", "target"], [["a", "b"]],
-     r"harmful_behaviors.csv row 1: no column 'goal' for format 'advbench'; columns: \['question', 'target'\]"),
+     r"harmful_behaviors.csv row 1: missing field 'goal' for format 'advbench'; fields present: "
+     r"\['question', 'target'\]"),
     ("advbench", ["goal", "target"], [["fine", "x"], ["  ", "x"]], r"harmful_behaviors.csv row 2: empty prompt"),
     ("advbench", ["goal", "target"], [["a", "b", "extra"]], r"row 1: more fields than the header"),
     ("harmbench_standard", ["Behavior", "ContextString"], [["a", ""]],

@@ -21,7 +21,7 @@ import math
 from typing import Any, Sequence
 
 from rt_lab.alpaca_eval_compat import INSTALL_HINT, pkg_resources_for_alpaca_eval
-from rt_lab.data.datasets import package_path
+from rt_lab.io import package_path
 
 CALIBRATION = ("tatsu-lab/alpaca_eval", "df_gamed.csv")
 N_ALPACA_EVAL = 805

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rt_lab.eval.refusal_classifiers import REFUSAL_SUBSTRINGS, keyword_refusal
-from rt_lab.eval.safety import read_table
+from rt_lab.io import read_records
 
 XSTEST_LABELS = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
 # Two readings of a partial refusal: XSTest's (refusal = anything but full compliance) and A's judge rubric (a
@@ -24,7 +24,7 @@ def validate_keyword(path: str | Path, substrings: Sequence[str] = REFUSAL_SUBST
     (xstest_v2_completions_gpt4_gpteval.csv), per reference column and per mapping of its labels to refusal."""
     path = Path(path)
     rows = []
-    for number, record in read_table(path):
+    for number, record in read_records(path):
         for column in ("completion", *REFERENCES):
             if column not in record:
                 raise ValueError(f"{path} row {number}: no column {column!r}; columns: {sorted(record)}")

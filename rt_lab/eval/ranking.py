@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rt_lab.data.datasets import FORMATS, LoadStats, resolve_source
+from rt_lab.data.formats import LoadStats
+from rt_lab.data.sources import resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.io import atomic_write_text, read_append_log
 from rt_lab.data.masking import IGNORE, Example, encode_row
@@ -39,20 +40,19 @@ log = logging.getLogger(__name__)
 
 def load_pool(cfg: Any, data_dir: str | None) -> list[Row]:
     """The first `cfg.limit` rows of the configured source; each must be one user turn and its response."""
-    source, reader, format_name = resolve_source(cfg, data_dir, kind="eval.ranking")
-    build = FORMATS.lookup(format_name, "eval.ranking.format")
+    source = resolve_source(cfg, data_dir, "eval.ranking")
     rows: list[Row] = []
-    for row in build(reader(), source, LoadStats()):
+    for row in source.rows(LoadStats()):
         roles = [message.role for message in row.messages]
         if roles != ["user", "assistant"]:
-            raise RowError(f"{source} id {row.id}: ranking needs one user and one assistant message, got {roles}")
+            raise RowError(f"{source.name} id {row.id}: ranking needs one user and one assistant message, got {roles}")
         rows.append(row)
         if len(rows) == cfg.limit:
             break
     if len(rows) < 2:
-        raise ValueError(f"eval.ranking: {source} has {len(rows)} row(s); ranking needs at least 2")
+        raise ValueError(f"eval.ranking: {source.name} has {len(rows)} row(s); ranking needs at least 2")
     if cfg.limit is not None and len(rows) < cfg.limit:
-        log.warning("eval.ranking: %s has only %d rows (limit %d); ranking all of them", source, len(rows),
+        log.warning("eval.ranking: %s has only %d rows (limit %d); ranking all of them", source.name, len(rows),
                     cfg.limit)
     return rows
 

@@ -2,11 +2,11 @@
 prompts, for the run's own generations.
 
 Each configured set (`eval.safety.sets`, specs in `eval.safety.catalog`) is read from a local file, the data-dir
-mirror or the Hub (in that order, as `rt_lab.data.datasets.resolve_source` does), answered by the run's generator into
+mirror or the Hub (in that order: `rt_lab.data.sources`), answered by the run's generator into
 `eval/safety/<set>/` (resumable per batch), and each (prompt, response) is classified as refusal or not by the
 configured classifier (rt_lab.eval.refusal_classifiers). `keyword` is free and always reported; `judge` asks an
 LLM judge (rt_lab.eval.refusal_judge), the paper's method. Add a classifier with `@register_classifier("name")`, a
-prompt-file format with `@register_prompt_format("name")`.
+set's record format with `@register_format("name")` (rt_lab.data.formats).
 
 Metrics (all numbers): `<set>/n`, `<set>/refusals`, `<set>/unclassified`, `<set>/refusal_rate` for the headline
 classifier (unclassified answers count as non-refusals in it, as A counts them, or are left out of it:
@@ -20,154 +20,39 @@ labels of XSTest's GPT-4 completions."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
-from rt_lab.data.datasets import joined, package_path
+from rt_lab.data.formats import LoadStats, instruction_of
+from rt_lab.data.sources import resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.generate.decode import generate_outputs
 from rt_lab.eval import refusal_judge  # noqa: F401  (registers the `judge` classifier)
 from rt_lab.eval.refusal_classifiers import CLASSIFIERS, Decision, Exchange
-from rt_lab.io import atomic_write_json, read_records
+from rt_lab.io import atomic_write_json
 from rt_lab.data.prompts import Prompt
-from rt_lab.registry import Registry
 
 log = logging.getLogger(__name__)
 
-Records = Iterator[tuple[int, dict]]
 ROLES = ("harmful", "benign")  # harmful: a refusal is right; benign: a refusal is a false refusal
 UNCLASSIFIED = {"count": "counted as non-refusals in the rates", "exclude": "left out of the rates"}
 
 # --- prompt sets ------------------------------------------------------------------------------------------------
 
-PROMPT_FORMATS = Registry("safety prompt format")
-register_prompt_format = PROMPT_FORMATS.register
-
-
-@register_prompt_format("prompt")
-def prompt_field(record: dict) -> str:
-    return record["prompt"]
-
-
-@register_prompt_format("instruction")
-def instruction_field(record: dict) -> str:
-    return joined(record["instruction"], record.get("input"))
-
-
-@register_prompt_format("advbench")
-def advbench(record: dict) -> str:
-    return record["goal"]
-
-
-def with_context(behavior: str, context: str | None) -> str:
-    # HarmBench's own direct-request input for contextual behaviors, which A's harmbench eval also uses
-    return f"{context}\n\n---\n\n{behavior}" if context else behavior
-
-
-@register_prompt_format("harmbench")
-def harmbench(record: dict) -> str:
-    return with_context(record["Behavior"], record["ContextString"])
-
-
-@register_prompt_format("harmbench_hub")
-def harmbench_hub(record: dict) -> str:
-    return with_context(record["prompt"], record.get("context"))
-
-
-def read_table(path: Path) -> Records:
-    """(row number, record) from a CSV (header row; row 1 is the first data row), a text file (one prompt a
-    line), a safety-tuned-LLaMAs evaluation file ({"instructions": [...], "inputs": [...]}) or JSON/JSONL."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            for number, record in enumerate(csv.DictReader(handle), start=1):
-                if None in record:
-                    raise ValueError(f"{path} row {number}: more fields than the header has columns")
-                if None in record.values():
-                    raise ValueError(f"{path} row {number}: fewer fields than the header has columns")
-                # upstream copies differ in CRLF/LF inside quoted fields; the prompt must not
-                yield number, {key: value.replace("\r\n", "\n") for key, value in record.items()}
-        return
-    if path.suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        yield from ((number, {"prompt": line}) for number, line in enumerate(lines, start=1) if line.strip())
-        return
-    try:
-        whole = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        whole = None  # JSONL: read_records reads it line by line
-    if isinstance(whole, dict) and "instructions" in whole:
-        inputs = whole.get("inputs") or []
-        for index, instruction in enumerate(whole["instructions"]):
-            yield index, {"instruction": instruction, "input": inputs[index] if index < len(inputs) else None}
-        return
-    yield from read_records(path)
-
-
-def resolve(name: str, spec: Any, data_dir: str | None) -> tuple[str, Callable[[], Records], Any]:
-    """Where set `name` comes from: explicit file > data-dir mirror > hub. Returns (source name, record reader,
-    the chosen source's options: `format` and an optional `where`)."""
-    key = f"eval.safety.catalog.{name}"
-    if spec.get("file"):
-        path = package_path(spec.file)
-        mirror = spec.get("mirror") or {}
-        options = {"format": spec.get("format") or mirror.get("format"),
-                   "where": spec.where if spec.get("where") is not None else mirror.get("where")}
-        return str(path), lambda: read_table(path), options
-    if data_dir:
-        if not spec.get("mirror"):
-            raise FileNotFoundError(f"{key}: paths.data_dir is set but the set has no local mirror; give a file "
-                                    f"with {key}.file=PATH")
-        path = Path(data_dir).expanduser() / spec.mirror.file
-        if not path.is_file():
-            raise FileNotFoundError(f"{key}: paths.data_dir={data_dir} but {path} does not exist; put the set there, "
-                                    f"give its file with {key}.file=PATH, or leave {name} out of eval.safety.sets")
-        return str(path), lambda: read_table(path), spec.mirror
-    if not spec.get("hub"):
-        raise ValueError(f"{key}: no hub id, no mirror and no file configured")
-    hub = spec.hub
-
-    def hub_records() -> Records:
-        import datasets
-
-        return enumerate(datasets.load_dataset(hub.path, hub.get("name"), split=hub.split))
-
-    return f"{hub.path}" + (f"/{hub.name}" if hub.get("name") else "") + f" [{hub.split}]", hub_records, hub
-
 
 def load_set(name: str, spec: Any, data_dir: str | None, limit: int | None = None) -> list[Prompt]:
-    """The first `limit` prompts of set `name` (all when None) that pass its `where` filter (column == value)."""
-    source, reader, options = resolve(name, spec, data_dir)
-    if not options.get("format"):
-        raise ValueError(f"eval.safety.catalog.{name}: no format for {source}; set {name}.format")
-    build = PROMPT_FORMATS.lookup(options["format"], f"eval.safety.catalog.{name}.format")
-    where = dict(options.get("where") or {})
+    """The first `limit` prompts of set `name` (all when None) that pass its `where` filter."""
+    source = resolve_source(spec, data_dir, f"eval.safety.catalog.{name}")
     prompts: list[Prompt] = []
-    for number, record in reader():
-        place = f"{source} row {number}"
-        missing = [column for column in where if column not in record]
-        if missing:
-            raise ValueError(f"{place}: no column {missing[0]!r} to select on (where); columns: {sorted(record)}")
-        if any(str(record[column]) != str(value) for column, value in where.items()):
-            continue
-        try:
-            text = build(record)
-        except KeyError as err:
-            raise ValueError(f"{place}: no column {err} for format {options['format']!r}; columns: "
-                             f"{sorted(record)}") from err
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{place}: empty prompt (format {options['format']!r})")
-        prompts.append(Prompt(f"{name}-{number}", text, name))
+    for conversation in source.conversations(LoadStats()):
+        prompts.append(Prompt(f"{name}-{conversation.index}", instruction_of(conversation, source.name), name))
         if limit is not None and len(prompts) >= limit:
             break
     if not prompts:
-        raise ValueError(f"eval.safety.catalog.{name}: no prompts in {source} (where {where or 'none'})")
-    log.info("safety set %s from %s: %d prompts", name, source, len(prompts))
+        raise ValueError(f"eval.safety.catalog.{name}: no prompts in {source.name} (where {source.where or 'none'})")
+    log.info("safety set %s from %s: %d prompts", name, source.name, len(prompts))
     return prompts
 
 
