@@ -42,7 +42,6 @@ def build_tiny(spec: Any, folder: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(spec.vocab_size)
-    torch.manual_seed(spec.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
@@ -51,6 +50,11 @@ def build_tiny(spec: Any, folder: Path) -> None:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    # The weights come from spec.seed alone, and the caller's RNG stays as it was: a run that builds the model
+    # (a cold cache) must draw the same adapter init and dropout masks as one that loads it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     (folder / "rt_lab_tiny.json").write_text(json.dumps(dict(spec), sort_keys=True))

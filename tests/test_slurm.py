@@ -69,8 +69,12 @@ JOB_DIR_NAME = re.compile(r"(\d+)(?:_(\d+))?")  # submitit folders: <job id> or 
 
 def env() -> dict[str, str]:
     # One torch thread per job, like its one SLURM CPU: the node binds no cores (TaskPlugin=task/none), and the
-    # reference run must use the same thread count for step-by-step equal losses.
-    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    # reference run uses the same thread count, so both run the same kernels. SLURM jobs start in the test's tmp
+    # dir (`python -m submitit.core._submit`): PYTHONPATH makes them import this checkout's rt_lab and launcher,
+    # not whichever checkout is pip-installed.
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1",
+                PYTHONPATH=pythonpath)
 
 
 def launch(args: list[str], cwd: Path, timeout: float = 300) -> str:
@@ -221,15 +225,18 @@ def test_relaunch_runs_only_unfinished_jobs(two_job_sweep, tmp_path, cancel_left
 
 @pytest.fixture(scope="module")
 def preempted(tmp_path_factory) -> dict:
-    """An uninterrupted reference run, and the same job on SLURM preempted with USR2 mid-training."""
+    """An uninterrupted reference run, and the same job on SLURM preempted with USR2 mid-training. Both use a
+    fresh model cache: the reference builds the tiny model and the job loads it, the split of a fresh clone's CI,
+    where a build that reseeded the global RNG once made every step after the first update differ."""
     root = tmp_path_factory.mktemp("slurm_preemption")
     reference = root / "reference"
-    launch(["-m", *PREEMPT, f"hydra.sweep.dir={reference}"], root)  # the default (sequential) launcher
+    job_args = [*PREEMPT, f"paths.cache_dir={root / 'cache'}"]
+    launch(["-m", *job_args, f"hydra.sweep.dir={reference}"], root)  # the default (sequential) launcher
 
     sweep = root / "sweep"
     job_dir = sweep / "0"
     command = [sys.executable, str(REPO / "launch.py"), "-m", *SLURM, "hydra.launcher.max_num_timeout=3",
-               "hydra.launcher.signal_delay_s=30", *PREEMPT, f"hydra.sweep.dir={sweep}"]
+               "hydra.launcher.signal_delay_s=30", *job_args, f"hydra.sweep.dir={sweep}"]
     with (root / "launcher.log").open("w") as launcher_log:
         launcher = subprocess.Popen(command, cwd=root, env=env(), stdout=launcher_log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -279,6 +286,7 @@ def test_usr2_requeues_the_job_which_resumes_in_the_same_dir(preempted):
     assert "Caught signal SIGUSR2" in log and "Exiting gracefully after preemption" in log
     assert log.count(f"Starting with JobEnvironment(job_id={job},") == 2
     assert f"resuming training from {job_dir / 'checkpoints' / 'last.ckpt'}" in preempted["launch_log"]
+    assert f"from {REPO / 'rt_lab' / 'sample_data'}" in preempted["launch_log"]  # the job ran this checkout's code
     # same job dir, finished there; no other dir
     assert sorted(p.name for p in preempted["sweep"].iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0"]
     assert (job_dir / "run.done").is_file()
@@ -288,13 +296,13 @@ def test_resumed_training_equals_an_uninterrupted_run(preempted):
     expected, final = preempted["expected"], preempted["final"]
     step = int(preempted["saved"][0][1])  # optimizer steps done when preempted: the resumed run starts at this one
     assert sorted(expected) == list(range(len(expected)))
-    # the final metrics hold every step exactly once, with the losses of the uninterrupted run
-    assert sorted(final) == sorted(expected)
-    assert [final[s] for s in sorted(final)] == pytest.approx([expected[s] for s in sorted(expected)], rel=1e-5)
+    # the final metrics hold every step exactly once, with the very losses of the uninterrupted run: same weights,
+    # data order, RNG state and thread count, so the same float operations in the same order
+    assert final == expected
     # the first run logged every step up to the checkpoint, the step in flight included
     first = preempted["first_run"]
     assert sorted(first) == list(range(step))
-    assert [first[s] for s in sorted(first)] == pytest.approx([expected[s] for s in sorted(first)], rel=1e-5)
+    assert first == {s: expected[s] for s in first}
     # same model in the end: identical generations
     assert (json.loads((preempted["job_dir"] / "model_outputs.json").read_text())
             == json.loads((preempted["reference"] / "model_outputs.json").read_text()))

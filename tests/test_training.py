@@ -43,6 +43,21 @@ def fit(cfg, run_dir: Path, model=None, stop_at: int | None = None):
     return trained, recorder.losses
 
 
+def test_building_the_tiny_model_leaves_the_global_rng_alone(compose, tmp_path):
+    # run() seeds before it resolves the model: a run that builds the tiny model (cold cache) must draw the same
+    # adapter init and dropout masks as one that loads it (the SLURM resume test compares the two step by step).
+    from rt_lab.tiny import build_tiny
+
+    model = compose(["model=tiny"]).model
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    build_tiny(model.tiny, tmp_path)
+    assert torch.equal(torch.get_rng_state(), before)
+    # the weights still come from the spec's seed alone
+    cached = Path(resolve_path(model, None)) / "model.safetensors"
+    assert (tmp_path / "model.safetensors").read_bytes() == cached.read_bytes()
+
+
 def test_full_fine_tune_overfits(compose, tmp_path):
     cfg = compose(TINY + ["adapter=full", "dataset.limit=4", "trainer.lightning.max_epochs=25",
                           "trainer.optimizer.lr=1e-2", "trainer.schedule.name=constant",
