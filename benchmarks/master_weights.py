@@ -47,8 +47,8 @@ def launch(model: str, out: Path, extra: list[str]) -> Path:
     return run_dir
 
 
-def losses(run_dir: Path) -> list[float]:
-    with (run_dir / "csv" / "metrics.csv").open(newline="") as handle:
+def losses(metrics: Path) -> list[float]:
+    with metrics.open(newline="") as handle:
         return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
 
 
@@ -62,6 +62,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from transformers import AutoModelForCausalLM
 
+    from rt_lab.layout import RunDir
     from rt_lab.models import resolve_path
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -72,15 +73,15 @@ def main() -> None:
 
     results = {}
     for name, extra in PRECISIONS.items():
-        checkpoint = torch.load(launch(args.model, out, extra) / "checkpoints" / "last.ckpt", map_location="cpu",
-                                weights_only=False)
+        run = RunDir(launch(args.model, out, extra))
+        checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
         weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
         moments = [t for state in checkpoint["optimizer_states"][0]["state"].values() for t in state.values()
                    if torch.is_tensor(t) and t.dim() > 0]
         parameters = sum(start[n].numel() for n in start)
         weight_bytes = sum(weights[n].numel() * weights[n].element_size() for n in start)
         state_bytes = 2 * weight_bytes + sum(t.numel() * t.element_size() for t in moments)
-        results[name] = (weights, losses(out / extra[0].split("=")[1]), state_bytes / parameters)
+        results[name] = (weights, losses(run.csv_metrics), state_bytes / parameters)
 
     reference = results["32-true"][0]
     moved_ref = {n: reference[n].float() != start[n] for n in start}

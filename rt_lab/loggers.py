@@ -13,7 +13,10 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
+
+from rt_lab.layout import RunDir
 
 
 def wandb_credentials_present() -> bool:
@@ -29,8 +32,8 @@ def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> A
     """A Lightning WandbLogger; `offline=None` means offline exactly when no credentials are present."""
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(save_dir=save_dir, offline=wandb_offline(offline), id=wandb_run_id(save_dir),
-                       resume="allow", **kwargs)
+    return WandbLogger(save_dir=save_dir, offline=wandb_offline(offline),
+                       id=wandb_run_id(RunDir(Path(save_dir)).wandb_run_id), resume="allow", **kwargs)
 
 
 def wandb_offline(offline: bool | None) -> bool:
@@ -39,10 +42,9 @@ def wandb_offline(offline: bool | None) -> bool:
     return offline
 
 
-def wandb_run_id(save_dir: str | Path) -> str:
-    """The W&B run id of the job in `save_dir`, drawn once: a requeued job or a later comparison continues the
-    same run."""
-    id_file = Path(save_dir) / "wandb_run_id"
+def wandb_run_id(id_file: Path) -> str:
+    """The W&B run id kept in `id_file`, drawn once: a requeued job or a later comparison continues the same
+    run."""
     id_file.parent.mkdir(parents=True, exist_ok=True)
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex[:12])
@@ -56,7 +58,7 @@ class ResumableCSVLogger(CSVLogger):
     @property
     def experiment(self) -> Any:
         if self._experiment is None and rank_zero_only.rank == 0:
-            path = Path(self.log_dir) / "metrics.csv"
+            path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
             kept = path.read_bytes() if path.is_file() else None
             writer = super().experiment
             if kept is not None:  # put back what the base writer deleted, and keep its columns
@@ -66,7 +68,7 @@ class ResumableCSVLogger(CSVLogger):
         return super().experiment
 
     def forget_after(self, step: int) -> None:
-        path = Path(self.log_dir) / "metrics.csv"
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         if not path.is_file():
             return
         with path.open(newline="") as handle:

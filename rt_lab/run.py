@@ -22,6 +22,7 @@ from rt_lab.train.export import Base, exporter, free_memory
 from rt_lab.generate.backends import RunModel, make_generator
 from rt_lab.generate.decode import generate_outputs
 from rt_lab.io import read_records
+from rt_lab.layout import RunDir
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.data.prompts import load_prompts
@@ -29,9 +30,6 @@ from rt_lab.train.fit import train
 
 log = logging.getLogger(__name__)
 
-TRAINED = "trained.done"
-DONE = "run.done"  # the whole job finished; resumed sweeps do not launch it again
-JOBS = "jobs.json"  # in a sweep dir: every job the launcher planned, by number
 
 
 def build_loggers(cfg: Any) -> list[Any]:
@@ -50,17 +48,18 @@ def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, logger
                   callbacks: Sequence[Any] = ()) -> RunModel:
     """The trained model, trained and exported now, or already when this run dir finished training. It always
     comes back from the export, so a first run and a rerun generate from the same weights."""
-    export_dir = run_dir / "model"
+    layout = RunDir(run_dir)
+    export_dir = layout.model
     base = run_base(cfg)
     export = exporter(cfg.adapter)  # a bad adapter.export fails now, not after training
-    if (run_dir / TRAINED).is_file():
+    if layout.trained_marker.is_file():
         log.info("training already finished; loading %s", export_dir)
     else:
         # train()'s result goes straight into save, its only holder, which can then free it
         export.save(train(cfg, base.load(), tokenizer, template, run_dir, loggers, callbacks), tokenizer, export_dir,
                     base)
         free_memory()
-        (run_dir / TRAINED).touch()
+        layout.trained_marker.touch()
     return RunModel(export_dir, partial(export.load, export_dir, base))
 
 
@@ -80,9 +79,10 @@ def log_generation(outputs: Path, loggers: list[Any]) -> None:
 def run(cfg: Any) -> Path:
     """Run the configured job in `cfg.paths.run_dir`; returns the path of `model_outputs.json`."""
     run_dir = Path(cfg.paths.run_dir)
-    if (run_dir / DONE).is_file():
+    layout = RunDir(run_dir)
+    if layout.done_marker.is_file():
         log.info("%s is complete; nothing to do", run_dir)
-        return run_dir / "model_outputs.json"
+        return layout.outputs
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, workers=True)
     tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir))
@@ -104,6 +104,6 @@ def run(cfg: Any) -> Path:
         run_evaluations(EvalContext(cfg, tokenizer, template, run_dir, model, answer), loggers)
     finally:
         finish_wandb()
-    (run_dir / DONE).touch()
+    layout.done_marker.touch()
     log.info("outputs: %s", outputs)
     return outputs

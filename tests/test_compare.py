@@ -340,10 +340,17 @@ def test_single_task_and_rules_presets_end_with_tables_against_an_it_sweep_canne
     assert length_judge.requests == calls and (rules / "comparison" / "summary.md").read_text() == text
 
 
-def test_the_command_help_does_not_import_torch():
-    probe = "import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n    runpy.run_module('rt_lab.compare', " \
-            "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert result.returncode == 0 and "python -m rt_lab.compare" in result.stdout, result.stderr
-    assert result.stdout.strip().endswith("False")
+HELP = "import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n    runpy.run_module('rt_lab.compare', " \
+       "run_name='__main__')\nexcept SystemExit:\n    pass"
+
+
+@pytest.mark.parametrize(("probe", "shows"), [(HELP, "python -m rt_lab.compare"),
+                                              ("import hydra_plugins.rt_lab_launcher.launchers", "")])
+def test_the_command_help_and_the_launcher_plugin_import_no_torch(probe, shows):
+    """Hydra's plugin scan imports the launchers in every launch, and `--help` should answer at once: both read
+    the run-dir names from rt_lab.layout, not from the pipeline's modules."""
+    heavy = "print(sorted({'torch', 'lightning', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", f"{probe}\nimport sys\n{heavy}"], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0 and shows in result.stdout, result.stderr
+    assert result.stdout.strip().endswith("[]"), result.stdout

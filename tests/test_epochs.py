@@ -15,7 +15,8 @@ from omegaconf import open_dict
 
 from conftest import REPO
 from test_compare import judge_overrides, launch, length_judge  # noqa: F401  (a fixture)
-from rt_lab.generate.epochs import EpochSelection, check_at_epochs, epoch_dir
+from rt_lab.generate.epochs import EpochSelection, check_at_epochs
+from rt_lab.layout import RunDir
 from rt_lab.train.export import exporter
 from rt_lab.models import load_tokenizer
 from rt_lab.data.prompts import load_prompts
@@ -48,12 +49,12 @@ def test_epochs_of_one_run_equal_separate_runs_under_a_constant_schedule(compose
     separate = {epochs: run(job(compose, TINY + [f"trainer.lightning.max_epochs={epochs}"], tmp_path / f"sep{epochs}"))
                 for epochs in (1, 2)}
     for epochs in (1, 2):
-        assert outputs(epoch_dir(tmp_path / "one", epochs) / "model_outputs.json") == outputs(separate[epochs])
+        assert outputs(RunDir(tmp_path / "one").epoch(epochs).outputs) == outputs(separate[epochs])
     assert outputs(one) == outputs(separate[2])
     # the test means something only when training moved the answers between the epochs
     assert outputs(separate[1]) != outputs(separate[2])
-    assert not (epoch_dir(tmp_path / "one", 1) / "model").exists()  # the epoch's export is gone
-    summary = json.loads((tmp_path / "one" / "epochs" / "summary.json").read_text())
+    assert not RunDir(tmp_path / "one").epoch(1).model.exists()  # the epoch's export is gone
+    summary = json.loads(RunDir(tmp_path / "one").epoch_summary.read_text())
     assert summary == [{"epoch": 1, "outputs": True}, {"epoch": 2, "outputs": True}]
 
 
@@ -76,15 +77,15 @@ def test_a_requeued_run_keeps_finished_epochs_and_generates_the_rest(compose, tm
                 trainer.should_stop = True
 
     train(cfg, base.load(), tokenizer, template, tmp_path, [], [selection.callback(), Preempt()])
-    first = epoch_dir(tmp_path, 1) / "model_outputs.json"
-    assert first.is_file() and not epoch_dir(tmp_path, 2).exists()
+    first = RunDir(tmp_path).epoch(1).outputs
+    assert first.is_file() and not RunDir(tmp_path).epoch(2).path.exists()
     stamp, answers = first.stat().st_mtime_ns, outputs(first)
     if stop_at == 2:
-        shutil.rmtree(epoch_dir(tmp_path, 1))  # its generations.jsonl too: answered anew
+        shutil.rmtree(RunDir(tmp_path).epoch(1).path)  # its generations.jsonl too: answered anew
     run(cfg)
     assert outputs(first) == answers
     assert (first.stat().st_mtime_ns == stamp) == (stop_at == 3)
-    assert outputs(epoch_dir(tmp_path, 2) / "model_outputs.json") == outputs(tmp_path / "model_outputs.json")
+    assert outputs(RunDir(tmp_path).epoch(2).outputs) == outputs(RunDir(tmp_path).outputs)
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -126,13 +127,13 @@ def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tm
     launch([str(REPO / "launch.py"), *[o for o in TINY if o != "logger=none"], "logger=csv", "trainer.lightning.max_epochs=2",
             "generation.at_epochs=[1,2]", f"hydra.run.dir={sweep}/0", *common], tmp_path)
     run_dir = sweep / "0"
-    summary = json.loads((run_dir / "epochs" / "summary.json").read_text())
+    summary = json.loads(RunDir(run_dir).epoch_summary.read_text())
     assert [row["epoch"] for row in summary] == [1, 2] and all(row["n_total"] == 3 for row in summary)
     for row in summary:  # recomputed from the outputs: the longer answer wins with p = 0.7
-        answers = outputs(epoch_dir(run_dir, row["epoch"]) / "model_outputs.json")
+        answers = outputs(RunDir(run_dir).epoch(row["epoch"]).outputs)
         expected = [1.7 if len(a["output"]) > 20 else 1.3 if len(a["output"]) < 20 else 1.5 for a in answers]
         assert row["win_rate"] == pytest.approx((sum(expected) / 3 - 1) * 100)
-        assert (epoch_dir(run_dir, row["epoch"]) / "comparison" / "vs_ref.json").is_file()
+        assert RunDir(run_dir).epoch(row["epoch"]).verdicts("ref").is_file()
     logged = (next(run_dir.rglob("metrics.csv"))).read_text()
     assert "epoch_selection/win_rate" in logged
     asked = length_judge.requests

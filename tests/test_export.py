@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rt_lab.train.adapters import quantization_config
-from rt_lab.train.export import EXPORTS, MERGED_ADAPTER, Base, is_adapter_folder
+from rt_lab.train.export import EXPORTS, Base, is_adapter_folder
 from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
 from rt_lab.models import load_tokenizer, resolve_path
-from rt_lab.run import TRAINED, trained_model
+from rt_lab.layout import MERGED_ADAPTER, RunDir
+from rt_lab.run import trained_model
 from rt_lab.train.fit import train
 
 # Two optimizer steps at a high learning rate: enough for every lora_B to leave zero.
@@ -76,7 +77,7 @@ def test_qlora_merge_bf16_equals_a_hand_merge_into_the_bf16_base(compose, tmp_pa
     load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
     folder = load.path
     adapter = folder / MERGED_ADAPTER
-    assert (run_dir / TRAINED).is_file()
+    assert RunDir(run_dir).trained_marker.is_file()
     assert not is_adapter_folder(folder) and is_adapter_folder(adapter)  # vLLM gets the dense folder
     assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())

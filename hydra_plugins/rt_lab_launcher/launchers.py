@@ -19,7 +19,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import open_dict
 
 from rt_lab.io import atomic_write_json
-from rt_lab.run import DONE, JOBS
+from rt_lab.layout import RunDir, SweepDir
 
 Job = tuple[int, list[str]]  # (job number, overrides)
 
@@ -39,7 +39,7 @@ def consecutive_runs(jobs: Sequence[Job]) -> Iterator[list[Job]]:
 def record_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
     """Add the jobs to `<sweep dir>/jobs.json` (number -> overrides), so a comparison of a partly finished
     sweep can name the jobs that never ran."""
-    path = sweep_dir / JOBS
+    path = SweepDir(sweep_dir).jobs
     jobs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         jobs[str(number)] = list(overrides)
@@ -63,7 +63,7 @@ class ResumableSweep:
         todo: list[Job] = []
         lines = []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
-            finished = (self.job_dir(overrides, number) / DONE).is_file()
+            finished = RunDir(self.job_dir(overrides, number)).done_marker.is_file()
             if not finished:
                 todo.append((number, list(overrides)))
             lines.append(f"  #{number} [{'done' if finished else 'todo'}] {' '.join(filter_overrides(overrides))}")

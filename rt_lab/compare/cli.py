@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from rt_lab.compare.judging import compare_pair
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
-from rt_lab.compare.runs import (OUT, find_runs, missing_jobs, pair_runs, reference_sweep_dirs,
-                                 varying_overrides)
+from rt_lab.compare.runs import find_runs, missing_jobs, pair_runs, reference_sweep_dirs, varying_overrides
 from rt_lab.io import atomic_write_text
 from rt_lab.judges import build_judge
+from rt_lab.layout import SweepDir
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference; returns the comparison dir (None when
@@ -33,7 +33,7 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     notes = missing_jobs(sweep_dir, runs)
     pairs, unpaired = pair_runs(runs, cfg.compare)
     notes += unpaired
-    out = sweep_dir / OUT
+    layout = SweepDir(sweep_dir)
     if not pairs:
         print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *notes, sep="\n")
         return None
@@ -43,23 +43,23 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     comparisons = []
     varying = varying_overrides([run for run, _ in pairs])
     for run, reference in pairs:
-        comparisons.append(compare_pair(run, reference, judge, out / "judgments.jsonl",
-                                        cfg.compare.length_controlled, varying))
+        comparisons.append(compare_pair(run, reference, judge, layout.judgments, cfg.compare.length_controlled,
+                                        varying))
     metrics = [c.metrics for c in comparisons]
     table = aggregate(metrics)
-    write_csv(out / "summary.csv", metrics)
-    write_csv(out / "table.csv", table)
+    write_csv(layout.summary_csv, metrics)
+    write_csv(layout.table_csv, table)
     text = markdown(table, notes, judge.identity(), reference_sweep_dirs(cfg.compare))
-    atomic_write_text(out / "summary.md", text)
-    images = plots.win_rates(table, out)
-    atomic_write_text(out / "alpaca_eval_commands.sh", alpaca_eval_commands(comparisons))
+    atomic_write_text(layout.summary_md, text)
+    images = plots.win_rates(table, layout.win_rates_plot)
+    atomic_write_text(layout.alpaca_eval_commands, alpaca_eval_commands(comparisons))
     if cfg.get("logger") and cfg.logger.get("wandb"):
         log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
-    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {out / 'summary.csv'}, {out / 'summary.md'}, "
+    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {layout.summary_csv}, {layout.summary_md}, "
           + ", ".join(str(image) for image in images), flush=True)
-    if cfg.compare.reference.get("file") and any((run.dir / "epochs").is_dir() for run in runs):
+    if cfg.compare.reference.get("file") and any(run.layout.epochs.is_dir() for run in runs):
         pick_epochs(sweep_dir, cfg)  # runs with generation.at_epochs: the per-epoch table too
-    return out
+    return layout.comparison
 
 
 def pick_epochs(sweep_dir: Path, cfg: Any) -> Path | None:
@@ -76,7 +76,7 @@ def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
     import rt_lab  # noqa: F401  (resolvers)
 
     inherited = []
-    saved = sweep_dir / "multirun.yaml"
+    saved = SweepDir(sweep_dir).multirun_config
     if saved.is_file():
         task = OmegaConf.load(saved).hydra.overrides.task
         inherited = [str(o) for o in task

@@ -19,26 +19,20 @@ from typing import Any, Sequence
 
 from rt_lab.compare import plots
 from rt_lab.compare.report import write_csv
-from rt_lab.compare.runs import OUT, Reference, describe, find_runs, reference_file, varying_overrides
-from rt_lab.generate.epochs import EPOCHS, epoch_dir, judge_epoch
+from rt_lab.compare.runs import Reference, describe, find_runs, reference_file, varying_overrides
+from rt_lab.generate.epochs import judge_epoch
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, build_judge
+from rt_lab.layout import SweepDir
 
 log = logging.getLogger(__name__)
 
 SETTING = ("model", "method", "dataset", "setting")
 
 
-def finished_epochs(run_dir: Path) -> list[int]:
-    """The epochs of a run that have outputs, in order."""
-    root = run_dir / EPOCHS
-    found = [int(d.name) for d in root.iterdir() if d.name.isdigit()] if root.is_dir() else []
-    return sorted(epoch for epoch in found if (epoch_dir(run_dir, epoch) / "model_outputs.json").is_file())
-
-
 def judge_runs(sweep_dir: Path, reference: Reference, judge: Judge, cfg: Any) -> list[dict[str, Any]]:
     """One row per (run, epoch with outputs): where the run sits in the table, the epoch, its metrics."""
-    runs = [(run, epochs) for run in find_runs(sweep_dir) if (epochs := finished_epochs(run.dir))]
+    runs = [(run, epochs) for run in find_runs(sweep_dir) if (epochs := run.layout.epochs_with_outputs())]
     varying = varying_overrides([run for run, _ in runs])
     rows = []
     for run, epochs in runs:
@@ -130,16 +124,16 @@ def report(sweep_dir: Path, cfg: Any) -> Path | None:
     picks = pick(table)
     notes = sorted({f"{row['run']} ({row['dir']}) has not finished: its later epochs are missing" for row in rows
                     if not row["finished"]})
-    out = sweep_dir / OUT
-    write_csv(out / "epochs.csv", rows)
-    write_csv(out / "epoch_table.csv", table)
-    atomic_write_json(out / "picked_epochs.json", picks)
+    layout = SweepDir(sweep_dir)
+    write_csv(layout.epochs_csv, rows)
+    write_csv(layout.epoch_table_csv, table)
+    atomic_write_json(layout.picked_epochs, picks)
     text = markdown(table, picks, reference, judge.identity(), notes)
-    atomic_write_text(out / "epochs.md", text)
-    image = plots.win_rate_vs_epoch(table, out)
+    atomic_write_text(layout.epochs_md, text)
+    image = plots.win_rate_vs_epoch(table, layout.win_rate_vs_epoch_plot)
     print(f"\nrt_lab compare {sweep_dir} --pick-epoch\n{text}\nbest epoch per setting:", flush=True)
     for choice in picks:
         print(f"  {' '.join(str(choice[k]) for k in SETTING if choice[k])}: epoch {choice['epoch']} "
               f"(win rate {choice['win_rate']:.1f}, {choice['seeds']} seed(s))")
-    print(f"written: {out / 'epochs.md'}, {out / 'picked_epochs.json'}, {image}", flush=True)
-    return out
+    print(f"written: {layout.epochs_md}, {layout.picked_epochs}, {image}", flush=True)
+    return layout.comparison

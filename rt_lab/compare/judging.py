@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rt_lab.compare.runs import OUT, Reference, Run, describe
+from rt_lab.compare.runs import Reference, Run, describe
 from rt_lab.io import atomic_write_json
+from rt_lab.layout import comparison_name
 from rt_lab.judges import judge_pairs
 from rt_lab.compare.winrate import summarize
 
@@ -28,7 +29,7 @@ class Comparison:
     @property
     def name(self) -> str:
         """`vs_<reference>`, the stem of the run's files and W&B keys about this comparison."""
-        return f"vs_{safe_name(self.reference.name)}"
+        return comparison_name(self.reference.name)
 
 
 def align(run: Run, reference: Reference) -> tuple[list[str], list[str], list[str]]:
@@ -37,7 +38,7 @@ def align(run: Run, reference: Reference) -> tuple[list[str], list[str], list[st
     instructions, outputs, references = [], [], []
     for index, record in enumerate(run.outputs()):
         if record["instruction"] not in by_instruction:
-            raise ValueError(f"{run.dir / 'model_outputs.json'} item {index}: instruction "
+            raise ValueError(f"{run.layout.outputs} item {index}: instruction "
                              f"{record['instruction'][:60]!r} has no output in the reference {reference.path}")
         instructions.append(record["instruction"])
         outputs.append(record["output"])
@@ -57,8 +58,7 @@ def compare_pair(run: Run, reference: Reference, judge: Any, cache: Path, lc: st
                           "avg_length": statistics.fmean(len(o) for o in outputs) if outputs else math.nan}
     if lc != "off":
         comparison.metrics["lc_win_rate"] = length_controlled(instructions, outputs, references, preferences, lc)
-    atomic_write_json(run.dir / OUT / f"{comparison.name}.json",
-                      {"metrics": comparison.metrics, "rows": comparison.rows})
+    atomic_write_json(run.layout.verdicts(reference.name), {"metrics": comparison.metrics, "rows": comparison.rows})
     return comparison
 
 
@@ -75,7 +75,3 @@ def length_controlled(instructions: list[str], outputs: list[str], references: l
             raise
         log.info("no length-controlled win rate: %s", err)
         return math.nan
-
-
-def safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.[]," else "_" for c in name)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-def win_rates(table: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """`win_rates.png` from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds (× references),
+def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
+    """The win-rate plot (`path`, a PNG) from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds (× references),
     error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
     import matplotlib
 
@@ -38,11 +38,11 @@ def win_rates(table: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         axis.set_ylabel("win rate (%)")
         axis.set_title("\n".join(part for part in (model, setting, f"vs {reference}") if part), fontsize=9)
         axis.legend(fontsize=7, loc="upper center", ncol=min(3, len(methods)), frameon=False)
-    return [_save(figure, out_dir / "win_rates.png")]
+    return [_save(figure, path)]
 
 
-def win_rate_vs_epoch(table: Sequence[dict[str, Any]], out_dir: Path) -> Path:
-    """`win_rate_vs_epoch.png` from `rt_lab.compare.epoch_selection.epoch_table` rows: one panel per model, one line per
+def win_rate_vs_epoch(table: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The win rate vs epoch plot (`path`, a PNG) from `rt_lab.compare.epoch_selection.epoch_table` rows: one panel per model, one line per
     method x dataset x setting, error bars as in `win_rates`; the dashed line is parity with the reference."""
     import matplotlib
 
@@ -67,7 +67,7 @@ def win_rate_vs_epoch(table: Sequence[dict[str, Any]], out_dir: Path) -> Path:
         axis.set_ylim(0, 100)
         axis.set_title(model, fontsize=9)
         axis.legend(fontsize=7, frameon=False)
-    return _save(figure, out_dir / "win_rate_vs_epoch.png")
+    return _save(figure, path)
 
 
 def _save(figure: Any, path: Path) -> Path:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rt_lab.compare.judging import Comparison
-from rt_lab.compare.runs import OUT
 from rt_lab.io import atomic_write_text
 
 
@@ -95,6 +94,6 @@ def alpaca_eval_commands(comparisons: Sequence[Comparison]) -> str:
     """The official AlpacaEval CLI on each pair (its LC win rate with its own annotator)."""
     lines = ["# The same pairs through the official AlpacaEval CLI (pip install alpaca_eval; OPENAI_API_KEY set)."]
     for c in comparisons:
-        lines.append(f"alpaca_eval --model_outputs {c.run.dir / 'model_outputs.json'} --reference_outputs "
-                     f"{c.reference.path} --output_path {c.run.dir / OUT / f'alpaca_eval_{c.name}'}")
+        lines.append(f"alpaca_eval --model_outputs {c.run.layout.outputs} --reference_outputs "
+                     f"{c.reference.path} --output_path {c.run.layout.alpaca_eval_output(c.reference.name)}")
     return "\n".join(lines) + "\n"

@@ -10,16 +10,8 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from rt_lab.io import read_records
+from rt_lab.layout import RunDir, SweepDir
 from rt_lab.resolvers import rules_suffix
-
-OUT = "comparison"
-
-
-def _markers() -> tuple[str, str]:
-    # rt_lab.run imports torch; `python -m rt_lab.compare --help` and the Hydra callback's import should not
-    from rt_lab.run import DONE, JOBS
-
-    return DONE, JOBS
 
 
 @dataclass
@@ -29,8 +21,12 @@ class Run:
     overrides: list[str]  # the job's command-line overrides (.hydra/overrides.yaml)
 
     @property
+    def layout(self) -> RunDir:
+        return RunDir(self.dir)
+
+    @property
     def done(self) -> bool:
-        return (self.dir / _markers()[0]).is_file()
+        return self.layout.done_marker.is_file()
 
     @property
     def name(self) -> str:
@@ -42,7 +38,7 @@ class Run:
         return node.get("name") if isinstance(node, DictConfig) else node
 
     def outputs(self) -> list[dict]:
-        return [record for _, record in read_records(self.dir / "model_outputs.json")]
+        return [record for _, record in read_records(self.layout.outputs)]
 
 
 @dataclass
@@ -65,19 +61,15 @@ def reference_file(file: str | Path) -> Reference:
 def find_runs(sweep_dir: Path) -> list[Run]:
     """Every job dir under `sweep_dir` (a dir holding `.hydra/config.yaml`), in job-number order."""
     runs = []
-    for saved in sweep_dir.rglob(".hydra/config.yaml"):
-        job_dir = saved.parent.parent
-        if OUT in job_dir.relative_to(sweep_dir).parts:
-            continue
-        overrides_file = saved.parent / "overrides.yaml"
-        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        runs.append(Run(job_dir, OmegaConf.load(saved), [str(o) for o in overrides]))
-    return sorted(runs, key=lambda run: (len(run.dir.name), run.dir.name))
+    for job in SweepDir(sweep_dir).run_dirs():
+        overrides = list(OmegaConf.load(job.hydra_overrides)) if job.hydra_overrides.is_file() else []
+        runs.append(Run(job.path, OmegaConf.load(job.hydra_config), [str(o) for o in overrides]))
+    return runs
 
 
 def missing_jobs(sweep_dir: Path, runs: Sequence[Run]) -> list[str]:
     """Lines naming every planned job (jobs.json) that has not finished."""
-    path = sweep_dir / _markers()[1]
+    path = SweepDir(sweep_dir).jobs
     planned = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     finished = {run.dir.name for run in runs if run.done}
     started = {run.dir.name for run in runs}
@@ -165,8 +157,7 @@ def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]
                              "values, or reference sweep dirs distinct names")
         for other, name in done:
             if other.dir not in loaded:
-                loaded[other.dir] = Reference(name, reference_outputs(other, name), other.dir / "model_outputs.json",
-                                              kind, other)
+                loaded[other.dir] = Reference(name, reference_outputs(other, name), other.layout.outputs, kind, other)
             pairs.append((run, loaded[other.dir]))
         if done and len(done) < len(candidates):
             unpaired.append(f"{run.name} ({run.dir.name}): compared with {len(done)} of its {len(candidates)} "
@@ -192,9 +183,9 @@ def reference_pool(runs: Sequence[Run], others: dict[Path, list[Run]]) -> list[t
 
 
 def reference_outputs(run: Run, name: str) -> list[dict]:
-    path = run.dir / "model_outputs.json"
+    path = run.layout.outputs
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the reference run {name} is finished but has no model_outputs.json")
+        raise FileNotFoundError(f"{path}: the reference run {name} is finished but has no {path.name}")
     return run.outputs()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rt_lab.compare.judging import Comparison
-from rt_lab.compare.runs import OUT
+from rt_lab.layout import SweepDir
 from rt_lab.loggers import wandb_offline, wandb_run_id
 
 
@@ -19,16 +19,16 @@ def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Compar
     common = {"project": wandb_cfg.get("project"), "entity": wandb_cfg.get("entity"), "group": sweep_dir.name,
               "mode": "offline" if wandb_offline(wandb_cfg.get("offline")) else "online", "resume": "allow"}
     for comparison in comparisons:
-        run_dir = comparison.run.dir
-        with wandb.init(id=wandb_run_id(run_dir), dir=str(run_dir), **common) as run:
+        run_dir = comparison.run.layout
+        with wandb.init(id=wandb_run_id(run_dir.wandb_run_id), dir=str(run_dir.path), **common) as run:
             prefix = f"compare/{comparison.name}"
             run.summary.update({f"{prefix}/{key}": value for key, value in comparison.metrics.items()
                                 if isinstance(value, (int, float))})
             columns = ["instruction", "output", "reference", "preference", "reason"]
             run.log({f"{prefix}/judgments": wandb.Table(
                 columns=columns, data=[[row[c] for c in columns] for row in comparison.rows])})
-    out = sweep_dir / OUT
-    with wandb.init(id=wandb_run_id(out), dir=str(out), name=f"{sweep_dir.name}-summary", job_type="compare",
+    layout = SweepDir(sweep_dir)
+    with wandb.init(id=wandb_run_id(layout.wandb_run_id), dir=str(layout.comparison), name=f"{sweep_dir.name}-summary", job_type="compare",
                     **common) as run:
         for name, rows in (("summary", metrics), ("table", table)):
             columns = list(dict.fromkeys(key for row in rows for key in row))

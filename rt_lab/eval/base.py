@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rt_lab.io import atomic_write_json
+from rt_lab.layout import RunDir
 from rt_lab.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class EvalContext:
 
     def out_dir(self, name: str) -> Path:
         """Where evaluation `name` keeps its working files (generations, per-item scores)."""
-        return self.run_dir / "eval" / name
+        return RunDir(self.run_dir).eval_dir(name)
 
 
 def switched_on(cfg: Any) -> list[str]:
@@ -57,7 +58,7 @@ def run_evaluations(ctx: EvalContext, loggers: list[Any]) -> dict[str, Metrics]:
     """Run every switched-on evaluation not finished before; log all their metrics."""
     results: dict[str, Metrics] = {}
     for name in switched_on(ctx.cfg):
-        path = ctx.run_dir / "eval" / f"{name}.json"
+        path = RunDir(ctx.run_dir).eval_metrics(name)
         if path.is_file():
             log.info("evaluation %s already finished: %s", name, path)
             results[name] = json.loads(path.read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from rt_lab.io import atomic_write_json, read_append_log
+from rt_lab.layout import RunDir
 from rt_lab.data.masking import tokenize
 from rt_lab.data.prompts import Prompt
 from rt_lab.generate.rules import Rule, RuleHead
@@ -99,7 +100,7 @@ def generate_outputs(answer: BatchGenerator, tokenizer: Any, template: Template,
     encoded = {p.id: encode_prompt(p.instruction, template, tokenizer, bos) for p in prompts}
     ordered = sorted(prompts, key=lambda p: (-len(encoded[p.id].ids), p.id))
     plan = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
-    partial = out_dir / "generations.jsonl"
+    partial = RunDir(out_dir).generations
     outputs = answered(partial)
     todo = [batch for batch in plan if not all(p.id in outputs for p in batch)]
     if len(todo) < len(plan):
@@ -116,6 +117,6 @@ def generate_outputs(answer: BatchGenerator, tokenizer: Any, template: Template,
             progress.update()
     records = [{"instruction": p.instruction, "output": outputs[p.id], "generator": generator,
                 "dataset": p.dataset} for p in prompts]
-    path = out_dir / "model_outputs.json"
+    path = RunDir(out_dir).outputs
     atomic_write_json(path, records)
     return path

@@ -35,17 +35,17 @@ from omegaconf import ListConfig
 from rt_lab.train.adapters import apply_adapter
 from rt_lab.train.export import Base, Export, free_memory
 from rt_lab.generate.decode import generate_outputs, hf_batch_generator
-from rt_lab.compare.judging import compare_pair, safe_name
-from rt_lab.compare.runs import OUT, Reference, Run, reference_file
+from rt_lab.compare.judging import compare_pair
+from rt_lab.compare.runs import Reference, Run, reference_file
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, JudgeError, build_judge
+from rt_lab.layout import RunDir
 from rt_lab.train.precision import cast_full_fine_tune, keep_master_weights_fp32
 from rt_lab.data.prompts import Prompt
 from rt_lab.generate.rules import build_rules
 
 log = logging.getLogger(__name__)
 
-EPOCHS = "epochs"
 KEY = "generation.at_epochs"
 
 
@@ -77,17 +77,13 @@ def check_at_epochs(cfg: Any) -> list[int]:
     return epochs
 
 
-def epoch_dir(run_dir: Path, epoch: int) -> Path:
-    return run_dir / EPOCHS / str(epoch)
-
-
 def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: Any,
                 length_controlled: str) -> dict[str, Any]:
     """An epoch's outputs judged like a sweep comparison judges a run (rt_lab.compare): the rows in
     `epochs/<N>/comparison/vs_<reference>.json`, the judgments cached in `epochs/judgments.jsonl`."""
-    epoch_run = Run(epoch_dir(run_dir, epoch), run_cfg, [])
-    return compare_pair(epoch_run, reference, judge, run_dir / EPOCHS / "judgments.jsonl", length_controlled,
-                        set()).metrics
+    layout = RunDir(run_dir)
+    epoch_run = Run(layout.epoch(epoch).path, run_cfg, [])
+    return compare_pair(epoch_run, reference, judge, layout.epoch_judgments, length_controlled, set()).metrics
 
 
 @contextlib.contextmanager
@@ -148,19 +144,23 @@ class EpochSelection:
         return cls(cfg, tokenizer, template, prompts, base, export, run_dir, loggers, epochs, reference, judge)
 
     @property
+    def layout(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
     def final(self) -> int:
         return int(self.cfg.trainer.lightning.max_epochs)
 
     def done(self, epoch: int) -> bool:
-        return (epoch_dir(self.run_dir, epoch) / "model_outputs.json").is_file()
+        return self.layout.epoch(epoch).outputs.is_file()
 
     def callback(self) -> L.Callback:
         return EpochEndGeneration(self)
 
     def generate(self, epoch: int, trained: Any) -> None:
         """Export `trained` (which the export then owns), load it back, answer the prompts, drop the export."""
-        out = epoch_dir(self.run_dir, epoch)
-        export_dir = out / "model"
+        out = self.layout.epoch(epoch)
+        export_dir = out.model
         shutil.rmtree(export_dir, ignore_errors=True)  # half-written by an interrupted attempt
         self.export.save(trained, self.tokenizer, export_dir, self.base)
         del trained
@@ -169,11 +169,11 @@ class EpochSelection:
         answer = hf_batch_generator(model, self.tokenizer, self.cfg.generation, build_rules(self.cfg.rules,
                                                                                             self.tokenizer))
         generate_outputs(answer, self.tokenizer, self.template, self.prompts, self.cfg.generation.batch_size,
-                         self.cfg.model.bos, self.cfg.run.name, out)
+                         self.cfg.model.bos, self.cfg.run.name, out.path)
         del model, answer
         free_memory()
         shutil.rmtree(export_dir)
-        log.info("epoch %d: outputs in %s", epoch, out / "model_outputs.json")
+        log.info("epoch %d: outputs in %s", epoch, out.outputs)
 
     def evaluate(self, epoch: int, step: int | None) -> None:
         """Judge an epoch's outputs against the reference (cached) and log its win rate. A judging failure
@@ -196,8 +196,7 @@ class EpochSelection:
     def after_run(self, outputs: Path) -> None:
         """The run's own outputs are the last epoch's; then the run's summary of every epoch."""
         if self.final in self.epochs:
-            target = epoch_dir(self.run_dir, self.final) / "model_outputs.json"
-            atomic_write_text(target, outputs.read_text(encoding="utf-8"))
+            atomic_write_text(self.layout.epoch(self.final).outputs, outputs.read_text(encoding="utf-8"))
             self.evaluate(self.final, None)
         lost = [epoch for epoch in self.epochs if not self.done(epoch)]
         if lost:
@@ -209,12 +208,11 @@ class EpochSelection:
         rows = []
         for epoch in self.epochs:
             row: dict[str, Any] = {"epoch": epoch, "outputs": self.done(epoch)}
-            verdicts = epoch_dir(self.run_dir, epoch) / OUT / f"vs_{safe_name(self.reference.name)}.json" \
-                if self.reference else None
+            verdicts = self.layout.epoch(epoch).verdicts(self.reference.name) if self.reference else None
             if verdicts and verdicts.is_file():
                 row.update(json.loads(verdicts.read_text(encoding="utf-8"))["metrics"])
             rows.append(row)
-        atomic_write_json(self.run_dir / EPOCHS / "summary.json", rows)
+        atomic_write_json(self.layout.epoch_summary, rows)
 
 
 class EpochEndGeneration(L.Callback):

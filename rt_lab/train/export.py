@@ -22,13 +22,13 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
+from rt_lab.layout import MERGED_ADAPTER
 from rt_lab.models import load_model
 from rt_lab.registry import Registry
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-MERGED_ADAPTER = "adapter"  # merge_bf16: the adapter's folder inside the dense model folder
 
 
 @dataclass(frozen=True)

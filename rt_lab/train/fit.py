@@ -15,6 +15,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from rt_lab.train.adapters import apply_adapter
 from rt_lab.data.datamodule import InstructionDataModule
 from rt_lab.train.module import CausalLMModule
+from rt_lab.layout import RunDir
 from rt_lab.loggers import TrimLogsOnResume
 from rt_lab.train.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
 from rt_lab.train.preemption import PreemptionGuard
@@ -27,9 +28,10 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 
 def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+    layout = RunDir(run_dir)
+    checkpoint = ModelCheckpoint(dirpath=layout.checkpoints, save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
-    guard = PreemptionGuard(run_dir / "checkpoints" / "last.ckpt")
+    guard = PreemptionGuard(layout.checkpoint)
     trim = TrimLogsOnResume()
     # Under SLURM, submitit owns the requeue signal; Lightning's own auto-requeue would fight it.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
@@ -60,7 +62,7 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
                             cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunDir(run_dir).checkpoint
     if last.is_file():
         log.info("resuming training from %s", last)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
