@@ -169,7 +169,7 @@ def test_an_evaluation(repo_copy, tmp_path):
         never = lambda *_: pytest.fail("the length evaluation needs no model")  # noqa: E731
         metrics = run_evaluations(EvalContext(cfg, None, None, run_dir.path, never, never), [])
         assert metrics == {"length": {"mean_chars": 2.0, "empty": 1}}
-        assert json.loads((run_dir.path / "eval" / "length.json").read_text()) == metrics["length"]
+        assert json.loads(run_dir.eval_metrics("length").read_text()) == metrics["length"]
     finally:
         EVALUATIONS.pop("length")
 
