@@ -63,7 +63,7 @@ def compose(args: argparse.Namespace, rows_file: str | None = None, packing: boo
         "trainer=cpu",  # optimizer/schedule/batch settings; the Lightning Trainer itself is built below
         "trainer.optimizer.lr=1e-4", "trainer.optimizer.weight_decay=0.0", "trainer.max_grad_norm=1.0",
         "trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0.0",
-        f"trainer.batch_size={args.batch_size}", f"trainer.micro_batch_size={args.micro_batch_size}",
+        f"data.batch_size={args.batch_size}", f"data.micro_batch_size={args.micro_batch_size}",
         "trainer.gradient_checkpointing=false", f"trainer.seed={args.seed}",
         f"data.max_length={args.max_length}", f"data.packing={str(packing).lower()}",
     ]

@@ -20,7 +20,7 @@ from conftest import REPO, SHARED_DATA, needs_shared_data
 from judge_server import KEY_ENV, SECRET, CannedJudgeServer, shown_outputs
 from rt_lab.compare import aggregate, find_runs, missing_jobs, pair_runs
 
-FAST = ["model=tiny", "trainer.batch_size=4", "trainer.micro_batch_size=2", "data.max_length=128",
+FAST = ["model=tiny", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
         "dataset.limit=8", "generation.max_new_tokens=12", "prompts.limit=4"]
 
 
@@ -201,7 +201,7 @@ def test_setting_column_shows_only_overrides_that_vary(tmp_path, compose):
     from rt_lab.compare import describe, varying_overrides
 
     root = tmp_path / "sweep"
-    common = ["model=tiny", "trainer.batch_size=4"]
+    common = ["model=tiny", "data.batch_size=4"]
     for number, extra in enumerate((["dataset.refusal_mix=0"], ["dataset.refusal_mix=100"], [])):
         write_run(root, number, compose, [*common, "method=rt", f"trainer.seed={number}", *extra], outputs_for("a"))
     runs = find_runs(root)

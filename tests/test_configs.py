@@ -120,7 +120,7 @@ def check_debug(cfg: DictConfig, option: str) -> None:
     assert set(cfg.logger) == {"csv"}  # `override /logger: csv` replaced wandb
     assert cfg.dataset.limit == 16
     assert cfg.prompts.limit == 4
-    assert (cfg.trainer.batch_size, cfg.trainer.micro_batch_size) == (4, 2)
+    assert (cfg.data.batch_size, cfg.data.micro_batch_size) == (4, 2)
     assert cfg.trainer.lightning.max_epochs == 1
     assert cfg.data.max_length == 256
     assert cfg.generation.max_new_tokens == 16
@@ -261,7 +261,7 @@ def check_trainer(cfg: DictConfig, option: str) -> None:
     optimizer = instantiate(trainer.optimizer)
     assert isinstance(optimizer, functools.partial) and optimizer.func is torch.optim.AdamW
     # one optimizer step = batch_size rows, split evenly over micro-batches and devices
-    assert trainer.batch_size % (trainer.micro_batch_size * lightning.devices * lightning.num_nodes) == 0
+    assert data.batch_size % (data.micro_batch_size * lightning.devices * lightning.num_nodes) == 0
     assert trainer.schedule.name in ("linear", "cosine", "constant")
     if option in TRAINERS:
         expected = TRAINERS[option]

@@ -405,13 +405,8 @@ def test_prompts_file_without_a_path_names_prompts_file(compose):
 def make_datamodule(cfg, tokenizer, data_dir=None):
     from rt_lab.data.datamodule import InstructionDataModule
 
-    return InstructionDataModule(
-        dataset=cfg.dataset, method=cfg.method, template=instantiate(cfg.template), tokenizer=tokenizer,
-        bos=cfg.model.bos, max_length=cfg.data.max_length, packing=cfg.data.packing,
-        pack_length=cfg.data.get("pack_length"), batch_size=cfg.trainer.batch_size,
-        micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle,
-        data_dir=data_dir, attn_implementation=cfg.model.get("attn_implementation"),
-    )
+    return InstructionDataModule(cfg.data, cfg.dataset, cfg.method, instantiate(cfg.template), tokenizer,
+                                 cfg.model.bos, data_dir, cfg.model.get("attn_implementation"))
 
 
 def test_single_task_refuses_a_general_dataset(compose, tiny_tokenizer):

@@ -25,7 +25,7 @@ from rt_lab.train.fit import train
 
 # a constant learning rate: the one schedule under which one run's epoch N is a separate N-epoch run
 CONSTANT = ["trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0"]
-TINY = ["model=tiny", "logger=none", "dataset.limit=8", "trainer.batch_size=4", "trainer.micro_batch_size=2",
+TINY = ["model=tiny", "logger=none", "dataset.limit=8", "data.batch_size=4", "data.micro_batch_size=2",
         "data.max_length=128", "generation.max_new_tokens=8", "prompts.limit=3", "trainer.optimizer.lr=3e-2",
         "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false", *CONSTANT]
 

@@ -25,7 +25,7 @@ from rt_lab.run import trained_model
 from rt_lab.train.fit import train
 
 # Two optimizer steps at a high learning rate: enough for every lora_B to leave zero.
-TINY = ["model=tiny", "logger=none", "dataset.limit=4", "trainer.batch_size=2", "trainer.micro_batch_size=2",
+TINY = ["model=tiny", "logger=none", "dataset.limit=4", "data.batch_size=2", "data.micro_batch_size=2",
         "data.max_length=128", "trainer.lightning.max_steps=2", "trainer.optimizer.lr=3e-2",
         "trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0",
         "+trainer.lightning.enable_progress_bar=false"]

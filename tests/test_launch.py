@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, SHARED_DATA, needs_shared_data
 
-FAST = ["model=tiny", "trainer.batch_size=4", "trainer.micro_batch_size=2", "data.max_length=128",
+FAST = ["model=tiny", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
         "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
 
 

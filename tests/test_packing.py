@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rt_lab.data.datasets import load_rows
-from rt_lab.data.datamodule import WindowLoader
+from rt_lab.data.datamodule import Batching, WindowLoader
 from rt_lab.data.masking import encode_rows
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
 from rt_lab.data.packing import best_fit_decreasing, block_diagonal_mask
@@ -58,8 +58,8 @@ def window_loss_and_grads(model, window, normalization="token"):
 
 
 def loader(examples, tokenizer, packing, micro, attn):
-    return WindowLoader(examples, batch_size=len(examples), micro_batch_size=micro, packing=packing,
-                        pack_length=320, pad_id=tokenizer.pad_token_id, attn_implementation=attn, seed=0)
+    return WindowLoader(examples, Batching(len(examples), micro, packing, pack_length=320, seed=0),
+                        tokenizer.pad_token_id, attn)
 
 
 @pytest.mark.parametrize("attn,normalization", [("eager", "token"), ("sdpa", "token"), ("sdpa", "sequence")])
@@ -103,8 +103,8 @@ def test_micro_batch_split_does_not_change_the_window(tiny_path, tiny_tokenizer,
 
 
 def test_windows_shard_rows_across_ranks_and_resume_mid_epoch(tiny_tokenizer, examples):
-    kwargs = dict(batch_size=4, micro_batch_size=1, packing=False, pack_length=320,
-                  pad_id=tiny_tokenizer.pad_token_id, attn_implementation="sdpa", seed=3)
+    kwargs = dict(batching=Batching(4, 1, pack_length=320, seed=3), pad_id=tiny_tokenizer.pad_token_id,
+                  attn_implementation="sdpa")
     ids = lambda window: sorted(tuple(m["input_ids"][0].tolist()) for m in window)
     whole = list(WindowLoader(examples, **kwargs))
     ranks = [list(WindowLoader(examples, rank=r, world_size=2, **kwargs)) for r in (0, 1)]

@@ -54,13 +54,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(UNAVAILABLE is not None, rea
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.tasks_per_node=1", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
          "hydra.launcher.timeout_min=5"]
-FAST = ["trainer=cpu", "model=tiny", "logger=csv", "trainer.batch_size=4", "trainer.micro_batch_size=2",
+FAST = ["trainer=cpu", "model=tiny", "logger=csv", "data.batch_size=4", "data.micro_batch_size=2",
         "data.max_length=128", "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
 # The preemption job: 12 steps per epoch x 5 epochs of a wider tiny model (about 0.1 s per step on one core), so a
 # USR2 sent a second after training starts lands mid-run; checkpoints only when preempted (and at the end).
 PREEMPT = ["method=rt", "dataset=sample", "trainer=cpu", "model=tiny", "model.tiny.hidden_size=256",
-           "model.tiny.intermediate_size=1024", "logger=csv", "dataset.limit=48", "trainer.batch_size=4",
-           "trainer.micro_batch_size=1", "data.max_length=128", "trainer.lightning.max_epochs=5",
+           "model.tiny.intermediate_size=1024", "logger=csv", "dataset.limit=48", "data.batch_size=4",
+           "data.micro_batch_size=1", "data.max_length=128", "trainer.lightning.max_epochs=5",
            "trainer.checkpoint_every_n_steps=1000", "generation.max_new_tokens=8", "prompts.limit=3"]
 PREEMPT_AFTER_S = 1.0
 TRAINING_STARTED = "trainable parameters:"  # rt_lab/train/module.py logs it in on_train_start, after the guard is armed

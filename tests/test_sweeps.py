@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
-FAST = ["model=tiny", "logger=csv", "trainer.batch_size=4", "trainer.micro_batch_size=2", "data.max_length=128",
+FAST = ["model=tiny", "logger=csv", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
         "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
 
 

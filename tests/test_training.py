@@ -16,7 +16,7 @@ from rt_lab.generate.decode import encode_prompt, generate_batch, generation_con
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.train.fit import train
 
-TINY = ["model=tiny", "logger=none", "dataset.limit=16", "trainer.batch_size=4", "trainer.micro_batch_size=2",
+TINY = ["model=tiny", "logger=none", "dataset.limit=16", "data.batch_size=4", "data.micro_batch_size=2",
         "data.max_length=128", "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false"]
 
 
@@ -127,15 +127,15 @@ def test_resume_from_last_checkpoint_continues_exactly(compose, tmp_path):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
 
 
-@pytest.mark.parametrize("split", [["trainer.micro_batch_size=1"], ["trainer.micro_batch_size=4"],
-                                   ["trainer.micro_batch_size=1", "data.packing=true"]])
+@pytest.mark.parametrize("split", [["data.micro_batch_size=1"], ["data.micro_batch_size=4"],
+                                   ["data.micro_batch_size=1", "data.packing=true"]])
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
 def test_one_step_is_the_same_whatever_the_accumulation_split(compose, tmp_path, split, normalization):
     common = TINY + ["adapter=full", "trainer.lightning.max_steps=1", "data.shuffle=false",
                      f"trainer.loss_normalization={normalization}",
                      "trainer.optimizer._target_=torch.optim.SGD", "~trainer.optimizer.betas",
                      "trainer.optimizer.lr=0.5", "trainer.schedule.warmup_ratio=0", "trainer.max_grad_norm=null"]
-    reference, reference_losses = fit(compose(common + ["trainer.micro_batch_size=2"]), tmp_path / "ref")
+    reference, reference_losses = fit(compose(common + ["data.micro_batch_size=2"]), tmp_path / "ref")
     other, losses = fit(compose(common + split), tmp_path / "other")
     assert losses[1] == pytest.approx(reference_losses[1], rel=1e-5)
     reference_params = dict(reference.named_parameters())
@@ -166,7 +166,7 @@ def test_two_ddp_processes_take_the_same_step_as_one_device(compose, tmp_path, n
 def test_smollm2_response_tuning_loss_falls(compose, tmp_path, smollm2_path):
     """The real 135M model, LoRA response tuning on the sample set (a few CPU minutes)."""
     cfg = compose(["model=smollm2_135m", "logger=none", "adapter=lora", "method=rt", "dataset.limit=8",
-                   "trainer.batch_size=4", "trainer.micro_batch_size=4", "trainer.lightning.max_epochs=4",
+                   "data.batch_size=4", "data.micro_batch_size=4", "trainer.lightning.max_epochs=4",
                    "data.max_length=256", "trainer.optimizer.lr=1e-3", "trainer.schedule.name=constant",
                    "trainer.schedule.warmup_ratio=0", "+trainer.lightning.enable_progress_bar=false"])
     _, losses = fit(cfg, tmp_path)

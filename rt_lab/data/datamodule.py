@@ -7,6 +7,7 @@ Windows come from a seeded per-epoch shuffle, so a resumed run re-derives its po
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
@@ -41,47 +42,63 @@ def count_windows(num_examples: int, batch_size: int, world_size: int) -> int:
     return full + (tail >= world_size)  # a tail window must give every rank a row
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How rows become optimizer steps (the `data/` config): `batch_size` rows a step across all devices, in
+    micro-batches of `micro_batch_size` rows or packed bins of `pack_length` tokens, in a `seed`ed per-epoch
+    shuffle."""
+
+    batch_size: int
+    micro_batch_size: int
+    packing: bool = False
+    pack_length: int = 0
+    shuffle: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, data: Any) -> Batching:
+        # By default a packed micro-batch holds as many tokens as the largest padded one would.
+        pack_length = data.get("pack_length") or data.micro_batch_size * data.max_length
+        if pack_length < data.max_length:
+            raise ValueError(f"data.pack_length={pack_length} is shorter than data.max_length={data.max_length}")
+        return cls(data.batch_size, data.micro_batch_size, data.packing, pack_length, data.shuffle, data.seed)
+
+
 class WindowLoader:
     """Iterable of optimizer-step windows (lists of micro-batch dicts) for one rank."""
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, micro_batch_size: int, packing: bool,
-                 pack_length: int, pad_id: int, attn_implementation: str | None, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1,
+    def __init__(self, examples: Sequence[Example], batching: Batching, pad_id: int,
+                 attn_implementation: str | None, rank: int = 0, world_size: int = 1,
                  position: Callable[[int], tuple[int, int]] = lambda windows: (0, 0)) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"trainer.batch_size={batch_size} is not divisible by the {world_size} devices")
+        if batching.batch_size % world_size:
+            raise ValueError(f"data.batch_size={batching.batch_size} is not divisible by the {world_size} devices")
         self.examples = examples
-        self.batch_size = batch_size
-        self.micro_batch_size = micro_batch_size
-        self.packing = packing
-        self.pack_length = pack_length
+        self.batching = batching
         self.pad_id = pad_id
         self.attn_implementation = attn_implementation
-        self.seed = seed
-        self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
         self.position = position
-        self.num_windows = count_windows(len(examples), batch_size, world_size)
+        self.num_windows = count_windows(len(examples), batching.batch_size, world_size)
 
     def __len__(self) -> int:
         return self.num_windows
 
     def order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
+        if not self.batching.shuffle:
             return list(range(len(self.examples)))
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        generator = torch.Generator().manual_seed(self.batching.seed + epoch)
         return torch.randperm(len(self.examples), generator=generator).tolist()
 
     def window(self, order: Sequence[int], index: int) -> list[Batch]:
-        rows = [self.examples[i] for i in order[index * self.batch_size:(index + 1) * self.batch_size]]
+        rows = [self.examples[i] for i in order[index * self.batching.batch_size:(index + 1) * self.batching.batch_size]]
         rows.sort(key=lambda example: -len(example.input_ids))
         mine = rows[self.rank::self.world_size]
-        if self.packing:
-            bins = best_fit_decreasing([len(example.input_ids) for example in mine], self.pack_length)
+        if self.batching.packing:
+            bins = best_fit_decreasing([len(example.input_ids) for example in mine], self.batching.pack_length)
             return [collate_packed([mine[i] for i in b], self.attn_implementation) for b in bins]
-        return [collate_padded(mine[i:i + self.micro_batch_size], self.pad_id)
-                for i in range(0, len(mine), self.micro_batch_size)]
+        return [collate_padded(mine[i:i + self.batching.micro_batch_size], self.pad_id)
+                for i in range(0, len(mine), self.batching.micro_batch_size)]
 
     def __iter__(self) -> Iterator[list[Batch]]:
         epoch, start = self.position(self.num_windows)
@@ -92,7 +109,7 @@ class WindowLoader:
     # Lightning checks for this interface before trusting a mid-epoch resume; the position itself is
     # re-derived from the restored global step, so the state only guards against a changed data setup.
     def state_dict(self) -> dict[str, Any]:
-        return {"num_examples": len(self.examples), "batch_size": self.batch_size, "seed": self.seed}
+        return {"num_examples": len(self.examples), "batch_size": self.batching.batch_size, "seed": self.batching.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state != self.state_dict():
@@ -102,31 +119,21 @@ class WindowLoader:
 class InstructionDataModule(L.LightningDataModule):
     """Loads a dataset config, applies the method's user-turn transform, renders, tokenizes and labels it."""
 
-    def __init__(self, dataset: Any, method: Any, template: Template, tokenizer: Any, bos: str,
-                 max_length: int, packing: bool, pack_length: int | None, batch_size: int, micro_batch_size: int,
-                 seed: int, shuffle: bool = True, data_dir: str | None = None,
-                 attn_implementation: str | None = None) -> None:
+    def __init__(self, data: Any, dataset: Any, method: Any, template: Template, tokenizer: Any, bos: str,
+                 data_dir: str | None = None, attn_implementation: str | None = None) -> None:
         super().__init__()
         if method.get("requires_single_task") and not dataset.get("single_task"):
             raise ValueError(
                 f"method={method.name} trains on one narrow task, but dataset={dataset.name} is not a single-task "
                 "dataset; choose one of gsm8k, mbpp, poetry, recipes, chess"
             )
+        self.batching = Batching.from_config(data)
+        self.max_length = data.max_length
         self.dataset_cfg = dataset
         self.method = method
         self.template = template
         self.tokenizer = tokenizer
         self.bos = bos
-        self.max_length = max_length
-        self.packing = packing
-        # By default a packed micro-batch holds as many tokens as the largest padded one would.
-        self.pack_length = pack_length or micro_batch_size * max_length
-        if self.pack_length < max_length:
-            raise ValueError(f"data.pack_length={self.pack_length} is shorter than data.max_length={max_length}")
-        self.batch_size = batch_size
-        self.micro_batch_size = micro_batch_size
-        self.seed = seed
-        self.shuffle = shuffle
         self.data_dir = data_dir
         self.attn_implementation = attn_implementation
         self.examples: list[Example] = []
@@ -144,7 +151,7 @@ class InstructionDataModule(L.LightningDataModule):
     def steps_per_epoch(self) -> int:
         """Optimizer steps (windows) per epoch, after the trainer's `limit_train_batches`."""
         trainer = self.trainer
-        windows = count_windows(len(self.examples), self.batch_size, trainer.world_size if trainer else 1)
+        windows = count_windows(len(self.examples), self.batching.batch_size, trainer.world_size if trainer else 1)
         limit = trainer.limit_train_batches if trainer else 1.0
         return min(windows, limit) if isinstance(limit, int) else int(windows * limit)
 
@@ -162,9 +169,6 @@ class InstructionDataModule(L.LightningDataModule):
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             raise ValueError(f"tokenizer {self.tokenizer.name_or_path!r} has no pad token; set model.pad_token")
-        return WindowLoader(
-            self.examples, self.batch_size, self.micro_batch_size, self.packing, self.pack_length, pad_id,
-            self.attn_implementation, self.seed, self.shuffle,
-            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
-            position=self._position,
-        )
+        return WindowLoader(self.examples, self.batching, pad_id, self.attn_implementation,
+                            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+                            position=self._position)

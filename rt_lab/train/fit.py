@@ -42,13 +42,8 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
 def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementation: str | None) -> InstructionDataModule:
     """The training data of a composed config; `attn_implementation` is the loaded model's (it decides the
     packed attention mask)."""
-    return InstructionDataModule(
-        dataset=cfg.dataset, method=cfg.method, template=template, tokenizer=tokenizer, bos=cfg.model.bos,
-        max_length=cfg.data.max_length, packing=cfg.data.packing, pack_length=cfg.data.get("pack_length"),
-        batch_size=cfg.trainer.batch_size, micro_batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed,
-        shuffle=cfg.data.shuffle, data_dir=cfg.paths.data_dir,
-        attn_implementation=attn_implementation,
-    )
+    return InstructionDataModule(cfg.data, cfg.dataset, cfg.method, template, tokenizer, cfg.model.bos,
+                                 cfg.paths.data_dir, attn_implementation)
 
 
 def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
