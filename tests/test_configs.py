@@ -131,7 +131,7 @@ def check_generation(cfg: DictConfig, option: str) -> None:
     from transformers import PreTrainedTokenizerFast
 
     from rt_lab.generate.decode import generation_config
-    from rt_lab.run import BACKENDS
+    from rt_lab.generate.backends import BACKENDS
 
     assert cfg.generation.backend in BACKENDS
     assert cfg.generation.do_sample is False  # greedy by default, as both papers decode
@@ -261,7 +261,7 @@ def check_trainer(cfg: DictConfig, option: str) -> None:
     optimizer = instantiate(trainer.optimizer)
     assert isinstance(optimizer, functools.partial) and optimizer.func is torch.optim.AdamW
     # one optimizer step = batch_size rows, split evenly over micro-batches and devices
-    assert data.batch_size % (data.micro_batch_size * lightning.devices * lightning.num_nodes) == 0
+    assert cfg.data.batch_size % (cfg.data.micro_batch_size * lightning.devices * lightning.num_nodes) == 0
     assert trainer.schedule.name in ("linear", "cosine", "constant")
     if option in TRAINERS:
         expected = TRAINERS[option]
@@ -392,7 +392,7 @@ def test_paper_facts(compose):
 
     assert compose(["dataset=gsm8k"]).dataset.limit == 1000
     mbpp = compose(["dataset=mbpp"]).dataset
-    assert list(mbpp.mirror.select.task_id) == [601, 974]
+    assert list(mbpp.mirror.where.task_id) == [601, 974]
     assert mbpp.mirror.file == "mbpp/mbpp.jsonl"
     lima = compose(["dataset=lima"]).dataset
     assert (lima.limit, lima.max_messages) == (None, None)  # Hewitt et al.: all 1,030 conversations
