@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rt_lab.data.datasets import package_path
+from rt_lab.paths import package_path
 from rt_lab.io import read_records
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]

@@ -186,7 +186,7 @@ def check_method(cfg: DictConfig, option: str) -> None:
 
 
 def check_model(cfg: DictConfig, option: str) -> None:
-    from rt_lab.data.masking import BOS_MODES
+    from rt_lab.data.tokens import BOS_MODES
 
     model = cfg.model
     assert model.name == option

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import SHARED_DATA, needs_shared_data
 from rt_lab.compare import lc_winrate
-from rt_lab.data.datasets import package_path
+from rt_lab.paths import package_path
 from rt_lab.compare.lc_winrate import (LengthControlUnavailable, alpaca_eval_positions, instruction_key,
                                length_controlled_win_rate)
 from rt_lab.compare.winrate import summarize

@@ -25,7 +25,7 @@ import sys
 import types
 from typing import Any, Iterator, Sequence
 
-from rt_lab.data.datasets import package_path
+from rt_lab.paths import package_path
 
 INSTALL_HINT = 'pip install "rt_lab[alpaca_eval]"'
 CALIBRATION = ("tatsu-lab/alpaca_eval", "df_gamed.csv")

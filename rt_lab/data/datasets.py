@@ -8,13 +8,13 @@ import logging
 import random
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from omegaconf import OmegaConf
 
 from rt_lab.io import read_records
+from rt_lab.paths import package_path
 from rt_lab.registry import Registry
 from rt_lab.data.rows import Row, RowError, make_row
 
@@ -173,13 +173,6 @@ def resolve_source(cfg: Any, data_dir: str | None, kind: str = "dataset") -> tup
         return enumerate(table)
 
     return source, hub_records, hub.format
-
-
-def package_path(file: str) -> Path:
-    """`pkg://sample_data/x.jsonl` names a file shipped inside rt_lab; anything else is a filesystem path."""
-    if file.startswith("pkg://"):
-        return Path(str(resources.files("rt_lab").joinpath(file.removeprefix("pkg://"))))
-    return Path(file).expanduser()
 
 
 def selected(records: Records, select: Any, source: str, stats: LoadStats) -> Iterator[tuple[int, dict]]:

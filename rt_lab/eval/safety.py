@@ -27,7 +27,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from rt_lab.data.datasets import joined, package_path
+from rt_lab.data.datasets import joined
+from rt_lab.paths import package_path
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.generate.decode import generate_outputs
 from rt_lab.eval import refusal_judge  # noqa: F401  (registers the `judge` classifier)
