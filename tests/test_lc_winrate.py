@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from conftest import SHARED_DATA, needs_shared_data
+from rt_lab.alpaca_eval_import import pkg_resources_stand_in
 from rt_lab.compare import lc_winrate
 from rt_lab.paths import package_path
 from rt_lab.compare.lc_winrate import (LengthControlUnavailable, alpaca_eval_positions, instruction_key,
@@ -105,7 +106,7 @@ def test_pkg_resources_stand_in_is_withdrawn_after_the_import(monkeypatch):
     # as with setuptools >= 81 before alpaca_eval was ever imported
     monkeypatch.setitem(sys.modules, "pkg_resources", None)
     monkeypatch.delitem(sys.modules, "alpaca_eval.utils", raising=False)
-    with lc_winrate._pkg_resources_for_alpaca_eval():
+    with pkg_resources_stand_in():
         import pkg_resources
 
         assert pkg_resources.parse_version("1.10") > pkg_resources.parse_version("1.9")

@@ -10,24 +10,19 @@ cache (HF_HUB_CACHE) over:
 Difficulties are per AlpacaEval instruction, so LC is defined on the 805 AlpacaEval instructions only: each one is
 found by its SHA-256 (shipped in sample_data/, in AlpacaEval's order), in whatever order they come.
 
-alpaca_eval is an optional extra (`pip install "rt_lab[alpaca_eval]"`) imported only here.
+alpaca_eval is an optional extra (`pip install "rt_lab[alpaca_eval]"`), imported through rt_lab.alpaca_eval_import.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import math
-import sys
-import types
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from rt_lab.alpaca_eval_import import INSTALL_HINT, pkg_resources_stand_in
 from rt_lab.paths import package_path
 
-INSTALL_HINT = 'pip install "rt_lab[alpaca_eval]"'
 CALIBRATION = ("tatsu-lab/alpaca_eval", "df_gamed.csv")
 N_ALPACA_EVAL = 805
 
@@ -98,32 +93,10 @@ def length_controlled_win_rate(instructions: Sequence[str], outputs: Sequence[st
 
 def _import_alpaca_eval_glm() -> Any:
     try:
-        with _pkg_resources_for_alpaca_eval():
+        with pkg_resources_stand_in():
             from alpaca_eval.metrics import glm_winrate
     except ImportError as err:
         raise LengthControlUnavailable(
             f"the LC win rate needs the alpaca_eval package, which cannot be imported ({err}): {INSTALL_HINT}"
         ) from err
     return glm_winrate
-
-
-@contextlib.contextmanager
-def _pkg_resources_for_alpaca_eval() -> Iterator[None]:
-    """alpaca_eval 0.6.6 (the latest) imports pkg_resources, which setuptools >= 81 no longer ships, and uses only
-    its `parse_version` and `get_distribution(name).version`. Where it is gone, a stand-in with those two is
-    importable while alpaca_eval is first imported, then withdrawn so that nothing else ever sees it (alpaca_eval
-    keeps its reference). Spares users a setuptools downgrade."""
-    needed = importlib.util.find_spec("pkg_resources") is None and "alpaca_eval.utils" not in sys.modules
-    if needed:
-        from packaging.version import parse
-
-        module = types.ModuleType("pkg_resources", "stand-in for alpaca_eval (rt_lab.compare.lc_winrate)")
-        module.parse_version = parse  # type: ignore[attr-defined]
-        module.get_distribution = (  # type: ignore[attr-defined]
-            lambda name: types.SimpleNamespace(version=importlib.metadata.version(name)))
-        sys.modules["pkg_resources"] = module
-    try:
-        yield
-    finally:
-        if needed:
-            sys.modules.pop("pkg_resources", None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-DRAW = 1.5
+from rt_lab.judges import DRAW
 
 
 def _valid(preferences: Sequence[float | None]) -> tuple[list[float], int]:

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
-from rt_lab.judges.base import JudgeError, LogprobReader, Messages, Verdict
-from rt_lab.compare.lc_winrate import INSTALL_HINT, _pkg_resources_for_alpaca_eval
+from rt_lab.alpaca_eval_import import INSTALL_HINT, pkg_resources_stand_in
+from rt_lab.judges.base import JudgeError, Judgment, LogprobReader, Messages
 from rt_lab.registry import Registry
 
 PROTOCOLS = Registry("judge protocol")
@@ -95,7 +95,7 @@ SWITCH_COLUMN = "is_switched_outputs"
 def import_alpaca_eval() -> SimpleNamespace:
     """The parts of alpaca_eval the protocol uses, or an error saying how to install it."""
     try:
-        with _pkg_resources_for_alpaca_eval():
+        with pkg_resources_stand_in():
             from alpaca_eval import completion_parsers, constants, utils
             from alpaca_eval.annotators.base import BaseAnnotator
     except ImportError as err:
@@ -119,14 +119,14 @@ def annotator_config(ae: SimpleNamespace, name: str) -> dict[str, Any]:
     return config
 
 
-def logprob_reader(parser: Callable[..., list[float]], top: Sequence[tuple[str, float]]) -> Verdict:
+def logprob_reader(parser: Callable[..., list[float]], top: Sequence[tuple[str, float]]) -> Judgment:
     """P(second output) through alpaca_eval's parser, fed the completion shape it reads (`completions_all`)."""
     completion = {"logprobs": {"content": [{"top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]}]}}
     [preference] = parser(completion)
     if preference is None or math.isnan(preference):
-        return Verdict(None, f"alpaca_eval's parser found neither label among the top logprobs "
-                             f"{[token for token, _ in top]}")
-    return Verdict(float(preference) - 1)  # AlpacaEval's preference: 1 = the first shown is better, 2 = the second
+        return Judgment(None, f"alpaca_eval's parser found neither label among the top logprobs "
+                              f"{[token for token, _ in top]}")
+    return Judgment(float(preference) - 1)  # AlpacaEval's preference: 1 = the first shown is better, 2 = the second
 
 
 @register_protocol("alpaca_eval")
