@@ -21,7 +21,7 @@ from rt_lab.eval import EvalContext, run_evaluations, switched_on
 from rt_lab.eval.keyword_validation import validate_keyword
 from rt_lab.eval.refusal_classifiers import Exchange, keyword_classifier, keyword_refusal, refused
 from rt_lab.eval.refusal_judge import last_word_verdict
-from rt_lab.eval.safety import load_set, safety, summarize
+from rt_lab.eval.safety import load_set, refusal_rates, safety
 from rt_lab.judges import JUDGES, Judge, JudgeError, Judgment
 
 XSTEST_LABELLED = SHARED_DATA / "safety" / "xstest" / "xstest_v2_completions_gpt4_gpteval.csv"
@@ -181,13 +181,13 @@ def test_harmbench_subsets_are_averaged_before_the_mean_and_unclassified_answers
         ("advbench", "harmful", None), ("hb_standard", "harmful", "harmbench"),
         ("hb_contextual", "harmful", "harmbench"), ("xstest_safe", "benign", None)]}
     yes, no, unknown = Judgment(1.0), Judgment(0.0), Judgment(None, "no label")
-    metrics = summarize({"advbench": [yes, yes, yes, no], "hb_standard": [yes, no], "hb_contextual": [no, no],
+    metrics = refusal_rates({"advbench": [yes, yes, yes, no], "hb_standard": [yes, no], "hb_contextual": [no, no],
                          "xstest_safe": [yes, no, no, no, unknown]}, specs, "judge/", count_unclassified=False)
     assert metrics["judge/advbench/refusal_rate"] == 0.75 and metrics["judge/advbench/refusals"] == 3
     assert metrics["judge/mean_refusal_rate"] == pytest.approx((0.75 + (0.5 + 0.0) / 2) / 2)
     assert metrics["judge/xstest_safe/unclassified"] == 1 and metrics["judge/false_refusal_rate"] == 0.25
     # A's way (the default): the unclassified answer stays in the denominator as a non-refusal
-    counted = summarize({"xstest_safe": [yes, no, no, no, unknown]}, specs)
+    counted = refusal_rates({"xstest_safe": [yes, no, no, no, unknown]}, specs)
     assert counted["xstest_safe/unclassified"] == 1 and counted["false_refusal_rate"] == 0.2
 
 

@@ -176,7 +176,7 @@ def load_set(name: str, spec: Any, data_dir: str | None, limit: int | None = Non
 # --- the evaluation ---------------------------------------------------------------------------------------------
 
 
-def summarize(decisions: dict[str, list[Judgment]], specs: dict[str, Any], prefix: str = "",
+def refusal_rates(decisions: dict[str, list[Judgment]], specs: dict[str, Any], prefix: str = "",
               count_unclassified: bool = True) -> Metrics:
     """Per-set counts and refusal rates, and the group-weighted means over harmful and benign sets. Unclassified
     answers stay in a rate's denominator (as non-refusals, A's way) or, with count_unclassified=False, are left
@@ -241,7 +241,7 @@ def safety(ctx: EvalContext) -> Metrics:
                         if decisions[name][set_name][i].reason}}
             for i, (p, e) in enumerate(zip(prompts, exchanges))])
     for name in names:
-        metrics.update(summarize(decisions[name], specs, "" if name == options.classifier else f"{name}/",
+        metrics.update(refusal_rates(decisions[name], specs, "" if name == options.classifier else f"{name}/",
                                  options.unclassified == "count"))
     unclassified = sum(value for key, value in metrics.items() if key.endswith("/unclassified"))
     if unclassified:
