@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from conftest import REPO
+from helpers import REPO
 
 CONF = REPO / "conf"
 SKIPPED_GROUPS = {"hydra", "local"}  # hydra: Hydra's own node; local: optional, git-ignored machine settings

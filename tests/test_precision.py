@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.train.fit import train
-from test_training import TINY, fit
+from helpers import TINY
+from test_training import fit
 
 LOW_LR = TINY + ["adapter=full", "model.dtype=bfloat16", "dataset.limit=8", "trainer.lightning.max_steps=2",
                  "data.shuffle=false", "trainer.optimizer.lr=1e-5", "trainer.schedule.name=constant",

@@ -15,7 +15,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import REPO, SHARED_DATA, needs_shared_data
+from helpers import REPO, SHARED_DATA, needs_shared_data
 from judge_server import KEY_ENV, SECRET, CannedJudgeServer
 from rt_lab.eval import EvalContext, run_evaluations, switched_on
 from rt_lab.eval.keyword_validation import validate_keyword
