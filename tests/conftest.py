@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("RT_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+from helpers import REPO
+from judge_server import KEY_ENV, SECRET, LengthJudgeServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,8 +18,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["RT_LAB_ROOT"] = str(REPO)
 
 import rt_lab  # noqa: E402,F401  (registers resolvers)
-
-needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
 
 
 @pytest.fixture
@@ -85,3 +83,14 @@ def smollm2_tokenizer(smollm2_path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+@pytest.fixture
+def length_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[LengthJudgeServer]:
+    """A canned judge on loopback preferring the longer response; its key is in the environment launched runs see."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server = LengthJudgeServer()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -116,3 +116,18 @@ class CannedJudgeServer:
         http.send_header("Content-Length", str(len(data)))
         http.end_headers()
         http.wfile.write(data)
+
+
+class LengthJudgeServer(CannedJudgeServer):
+    """A canned judge that prefers the longer response (P = 0.7); equal lengths: 0.5."""
+
+    def top_logprobs(self, prompt: str) -> list[tuple[str, float]]:
+        first, second = shown_outputs(prompt)
+        p_second = 0.5 if len(first) == len(second) else 0.7 if len(second) > len(first) else 0.3
+        return [("M", p_second), ("m", 1 - p_second)]
+
+
+def judge_overrides(server: CannedJudgeServer) -> list[str]:
+    """The `judge=openai` overrides that point a run at `server`."""
+    return ["judge=openai", f"judge.base_url={server.url}", "judge.model=canned-judge",
+            f"judge.api_key_env={KEY_ENV}", "judge.backoff_s=0.01"]

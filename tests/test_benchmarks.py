@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from rt_lab.eval import EVALUATIONS, EvalContext, switched_on
 from rt_lab.eval import benchmarks as bench
-from rt_lab.eval.benchmarks import BenchmarkOptions, flatten, options, render_chat, task_names
+from rt_lab.eval.benchmarks import BenchmarkOptions, options, render_chat, task_names, top_level_metrics
 from rt_lab.data.templates import ChatTemplate, TagTemplate
 
 
@@ -81,7 +81,7 @@ def test_chat_template_option_is_the_tokenizers_own(smollm2_tokenizer):
         smollm2_tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
 
 
-def test_flatten_keeps_top_level_entries_and_numbers():
+def test_top_level_metrics_keep_top_level_entries_and_numbers():
     saved = {
         "group_subtasks": {"grp": ["sub_a", "sub_b"]},
         "results": {
@@ -91,7 +91,7 @@ def test_flatten_keeps_top_level_entries_and_numbers():
                     "exact_match,flexible-extract": 0.75},
         },
     }
-    assert flatten(saved) == {"grp/acc": 0.25, "grp/acc_stderr": 0.05, "gen/exact_match/strict-match": 0.5,
+    assert top_level_metrics(saved) == {"grp/acc": 0.25, "grp/acc_stderr": 0.05, "gen/exact_match/strict-match": 0.5,
                               "gen/exact_match/flexible-extract": 0.75}
 
 

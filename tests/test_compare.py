@@ -16,52 +16,19 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, SHARED_DATA, needs_shared_data
-from judge_server import KEY_ENV, SECRET, CannedJudgeServer, shown_outputs
+from helpers import FAST, REPO, SHARED_DATA, launch, needs_shared_data, run_python
+from judge_server import judge_overrides
 from rt_lab.compare import aggregate, find_runs, missing_jobs, pair_runs
 
-FAST = ["model=tiny", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
-        "dataset.limit=8", "generation.max_new_tokens=12", "prompts.limit=4"]
-
-
-class LengthJudgeServer(CannedJudgeServer):
-    """A canned judge that prefers the longer response (P = 0.7); equal lengths: 0.5."""
-
-    def top_logprobs(self, prompt: str) -> list[tuple[str, float]]:
-        first, second = shown_outputs(prompt)
-        p_second = 0.5 if len(first) == len(second) else 0.7 if len(second) > len(first) else 0.3
-        return [("M", p_second), ("m", 1 - p_second)]
-
-
-@pytest.fixture
-def length_judge():
-    server = LengthJudgeServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def judge_overrides(server: CannedJudgeServer) -> list[str]:
-    return ["judge=openai", f"judge.base_url={server.url}", "judge.model=canned-judge",
-            f"judge.api_key_env={KEY_ENV}", "judge.backoff_s=0.01"]
-
-
-def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
-               RT_LAB_OUTPUT_DIR=str(cwd / "outputs"), **{KEY_ENV: SECRET})
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
-    return result
-
+ANSWERS = ["generation.max_new_tokens=12", "prompts.limit=4"]  # FAST's, a little longer and one more
 
 def test_sweep_ends_with_table_plot_and_wandb_runs_then_resumes_without_calls_canned_judge(tmp_path, length_judge):
     sweep = tmp_path / "sweep"
-    result = launch([str(REPO / "launch.py"), "-m", "method=rt,it,base", "dataset=sample", "logger=wandb",
-                     f"hydra.sweep.dir={sweep}", *FAST, *judge_overrides(length_judge)], tmp_path)
+    result = launch(["-m", "method=rt,it,base", "dataset=sample", "logger=wandb",
+                     f"hydra.sweep.dir={sweep}", *FAST, *ANSWERS, *judge_overrides(length_judge)], tmp_path)
     out = sweep / "comparison"
     # the printed table: rt and base against it, one seed each
-    assert "| tiny | rt | sample |" in result.stdout and "| tiny | base | sample |" in result.stdout
+    assert "| tiny | rt | sample |" in result and "| tiny | base | sample |" in result
     with (out / "summary.csv").open() as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"rt", "base"} and {row["reference"] for row in rows.values()} == {"tiny-it-sample-seed1"}
@@ -90,9 +57,9 @@ def test_sweep_ends_with_table_plot_and_wandb_runs_then_resumes_without_calls_ca
     # the standalone command on the finished sweep asks the judge nothing new and writes the same numbers
     calls = length_judge.requests
     before = (out / "summary.csv").read_text()
-    again = launch(["-m", "rt_lab.compare", str(sweep), "logger=none"], tmp_path)
+    again = run_python(["-m", "rt_lab.compare", str(sweep), "logger=none"], tmp_path)
     assert length_judge.requests == calls
-    assert (out / "summary.csv").read_text() == before and "| tiny | rt | sample |" in again.stdout
+    assert (out / "summary.csv").read_text() == before and "| tiny | rt | sample |" in again
 
 
 def write_run(root: Path, number: int, compose, overrides: list[str], outputs: list[dict] | None,
@@ -147,10 +114,9 @@ def test_two_qualifying_references_are_an_error(tmp_path, compose):
         pair_runs(find_runs(root), compose([]).compare)
 
 
-def test_reference_file_missing_an_instruction_names_the_item(tmp_path, compose, length_judge, monkeypatch):
+def test_reference_file_missing_an_instruction_names_the_item(tmp_path, compose, length_judge):
     from rt_lab.compare import compare
 
-    monkeypatch.setenv(KEY_ENV, SECRET)
     root = tmp_path / "sweep"
     write_run(root, 0, compose, ["method=rt"], outputs_for("a", "b"))
     reference = tmp_path / "reference.json"
@@ -162,10 +128,9 @@ def test_reference_file_missing_an_instruction_names_the_item(tmp_path, compose,
 
 
 def test_reference_file_stays_in_the_alpaca_eval_commands_and_every_file_names_the_reference_kind(
-        tmp_path, compose, length_judge, monkeypatch):
+        tmp_path, compose, length_judge):
     from rt_lab.compare import compare
 
-    monkeypatch.setenv(KEY_ENV, SECRET)
     root = tmp_path / "sweep"
     job = write_run(root, 0, compose, ["method=rt"], outputs_for("a", "bb"))
     reference = tmp_path / "reference.json"
@@ -259,10 +224,9 @@ def test_a_bad_reference_sweep_is_named(tmp_path, compose):
 
 
 def test_references_sharing_a_generator_name_get_their_own_files_and_a_mean_over_them(
-        tmp_path, compose, length_judge, monkeypatch):
+        tmp_path, compose, length_judge):
     from rt_lab.compare import compare
 
-    monkeypatch.setenv(KEY_ENV, SECRET)
     # the same IT run in two sweeps (say, a rerun): one generator name, two references
     sweeps = [tmp_path / "it_first", tmp_path / "it_again"]
     for sweep, answer in zip(sweeps, ("a", "aaaaa")):
@@ -295,14 +259,15 @@ def test_references_sharing_a_generator_name_get_their_own_files_and_a_mean_over
 def test_single_task_and_rules_presets_end_with_tables_against_an_it_sweep_canned_judge(tmp_path, length_judge):
     """Tiny versions of h_lima_rt_vs_it (IT only, 2 seeds), then h_single_task (one task) and h_rules_ablation
     (two rule sets) comparing with it, as their headers say."""
-    tiny = [*FAST, "trainer=cpu", "logger=csv", f"paths.data_dir={SHARED_DATA}", *judge_overrides(length_judge)]
+    tiny = [*FAST, *ANSWERS, "trainer=cpu", "logger=csv", f"paths.data_dir={SHARED_DATA}",
+            *judge_overrides(length_judge)]
     it_sweep, single, rules = tmp_path / "it", tmp_path / "single_task", tmp_path / "rules"
-    launch([str(REPO / "launch.py"), "-m", "sweeps=h_lima_rt_vs_it", "trainer.seed=1,2",
+    launch(["-m", "sweeps=h_lima_rt_vs_it", "trainer.seed=1,2",
             'hydra.sweeper.paired=[["method=it"]]', f"hydra.sweep.dir={it_sweep}", *tiny], tmp_path)
-    launch([str(REPO / "launch.py"), "-m", "sweeps=h_single_task", "trainer.seed=1,2",
+    launch(["-m", "sweeps=h_single_task", "trainer.seed=1,2",
             'hydra.sweeper.paired=[["dataset=gsm8k"]]', f"hydra.sweep.dir={single}",
             f"compare.reference.sweep={it_sweep}", *tiny], tmp_path)
-    result = launch([str(REPO / "launch.py"), "-m", "sweeps=h_rules_ablation",
+    result = launch(["-m", "sweeps=h_rules_ablation",
                      "rules.enabled=[eos_ramp,uniform,diversity],[eos_ramp,uniform]", f"hydra.sweep.dir={rules}",
                      f"compare.reference.sweep={it_sweep}", *tiny], tmp_path)
 
@@ -332,11 +297,11 @@ def test_single_task_and_rules_presets_end_with_tables_against_an_it_sweep_canne
         assert float(row["win_rate"]) == pytest.approx(sum(rates) / 2)
         assert f"| tiny | {row['method']} | sample | - | method=it, dataset=lima | 1 | 2 | " \
                f"{float(row['win_rate']):.1f} ± {float(row['win_rate_std']):.1f} |" in text
-    assert text in result.stdout
+    assert text in result
 
     # later, standalone: the preset's compare settings and the reference sweep come from the sweep's own record
     calls = length_judge.requests
-    launch(["-m", "rt_lab.compare", str(rules)], tmp_path)
+    run_python(["-m", "rt_lab.compare", str(rules)], tmp_path)
     assert length_judge.requests == calls and (rules / "comparison" / "summary.md").read_text() == text
 
 

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from conftest import REPO
+from helpers import REPO
 
 CONF = REPO / "conf"
 SKIPPED_GROUPS = {"hydra", "local"}  # hydra: Hydra's own node; local: optional, git-ignored machine settings
@@ -186,7 +186,7 @@ def check_method(cfg: DictConfig, option: str) -> None:
 
 
 def check_model(cfg: DictConfig, option: str) -> None:
-    from rt_lab.data.masking import BOS_MODES
+    from rt_lab.data.tokens import BOS_MODES
 
     model = cfg.model
     assert model.name == option

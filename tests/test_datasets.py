@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import SHARED_DATA, needs_shared_data
+from helpers import SHARED_DATA, needs_shared_data
 from rt_lab.data.datasets import SAMPLERS, load_rows
 from rt_lab.data.formats import FORMATS, LoadStats, training_rows
 from rt_lab.data.prompts import load_prompts

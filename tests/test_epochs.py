@@ -13,8 +13,9 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from conftest import REPO
-from test_compare import judge_overrides, launch, length_judge  # noqa: F401  (a fixture)
+import helpers
+from helpers import REPO, launch, run_python
+from judge_server import judge_overrides
 from rt_lab.generate.epochs import EpochSelection, check_at_epochs
 from rt_lab.layout import RunDir
 from rt_lab.train.export import exporter
@@ -25,9 +26,8 @@ from rt_lab.train.fit import train
 
 # a constant learning rate: the one schedule under which one run's epoch N is a separate N-epoch run
 CONSTANT = ["trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0"]
-TINY = ["model=tiny", "logger=none", "dataset.limit=8", "data.batch_size=4", "data.micro_batch_size=2",
-        "data.max_length=128", "generation.max_new_tokens=8", "prompts.limit=3", "trainer.optimizer.lr=3e-2",
-        "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false", *CONSTANT]
+TINY = [*helpers.TINY, "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3", "trainer.optimizer.lr=3e-2",
+        *CONSTANT]
 
 
 def job(compose, overrides: list[str], run_dir: Path):
@@ -124,7 +124,7 @@ def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tm
     judge = judge_overrides(length_judge)
     common = [f"compare.reference.file={reference}", *judge]
     sweep = tmp_path / "sweep"
-    launch([str(REPO / "launch.py"), *[o for o in TINY if o != "logger=none"], "logger=csv", "trainer.lightning.max_epochs=2",
+    launch([*TINY, "logger=csv", "trainer.lightning.max_epochs=2",
             "generation.at_epochs=[1,2]", f"hydra.run.dir={sweep}/0", *common], tmp_path)
     run_dir = sweep / "0"
     summary = json.loads(RunDir(run_dir).epoch_summary.read_text())
@@ -137,11 +137,11 @@ def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tm
     logged = (next(run_dir.rglob("metrics.csv"))).read_text()
     assert "epoch_selection/win_rate" in logged
     asked = length_judge.requests
-    result = launch(["-m", "rt_lab.compare", str(sweep), "--pick-epoch", *common], tmp_path)
+    result = run_python(["-m", "rt_lab.compare", str(sweep), "--pick-epoch", *common], tmp_path)
     assert length_judge.requests == asked  # every pair was judged in the run already
     best = max(summary, key=lambda row: (row["win_rate"], -row["epoch"]))["epoch"]
-    assert f"tiny rt sample: epoch {best} " in result.stdout
-    assert "| tiny | rt | sample | - | 1 |" in result.stdout
+    assert f"tiny rt sample: epoch {best} " in result
+    assert "| tiny | rt | sample | - | 1 |" in result
     picked = json.loads((sweep / "comparison" / "picked_epochs.json").read_text())
     assert [(p["method"], p["epoch"]) for p in picked] == [("rt", best)]
     assert (sweep / "comparison" / "win_rate_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"

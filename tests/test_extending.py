@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from helpers import REPO
 
 BLOCK = re.compile(r"(?:`(?P<path>[\w/.]+)`:\n\n)?```(?P<lang>python|yaml)\n(?P<body>.*?)```", re.S)
 

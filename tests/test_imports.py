@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 
 @pytest.mark.parametrize("package", ["rt_lab.data", "rt_lab.train", "rt_lab.generate", "rt_lab.judges",

@@ -129,9 +129,9 @@ def test_parse_reply_renormalises_over_the_two_labels():
     body = {"choices": [{"logprobs": {"content": [{"top_logprobs": [
         {"token": "m", "logprob": math.log(0.1)}, {"token": " M ", "logprob": math.log(0.3)},
         {"token": "x", "logprob": math.log(0.5)}]}]}}]}
-    assert parse_reply(json.dumps(body)).p_second == pytest.approx(0.75)
+    assert parse_reply(json.dumps(body)).value == pytest.approx(0.75)
     body["choices"][0]["logprobs"]["content"][0]["top_logprobs"] = [{"token": "M", "logprob": -0.1}]
-    assert parse_reply(json.dumps(body)).p_second == 1.0  # the other label is not among the top: mass 0
+    assert parse_reply(json.dumps(body)).value == 1.0  # the other label is not among the top: mass 0
 
 
 def test_cache_rerun_makes_no_requests_canned_judge(make_judge, server, tmp_path):
@@ -221,7 +221,7 @@ def test_text_scoring_reads_the_one_label_the_reply_names(reply, p_second):
     from rt_lab.judges.base import text_verdict
 
     verdict = text_verdict(reply, ("m", "M"))
-    assert verdict.p_second == p_second and (verdict.reason is None) == (p_second is not None)
+    assert verdict.value == p_second and (verdict.reason is None) == (p_second is not None)
 
 
 def test_text_scoring_asks_for_no_logprobs_canned_judge(make_judge, server, tmp_path):

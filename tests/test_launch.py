@@ -6,21 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import REPO, SHARED_DATA, needs_shared_data
-
-FAST = ["model=tiny", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
-        "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
-
-
-def launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
-               RT_LAB_OUTPUT_DIR=str(tmp_path / "outputs"))
-    result = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+from helpers import FAST, REPO, SHARED_DATA, launch, needs_shared_data
 
 
 def test_multirun_rt_and_it_end_to_end(tmp_path):
@@ -41,9 +28,9 @@ def test_multirun_rt_and_it_end_to_end(tmp_path):
         run_id = (job / "wandb_run_id").read_text()
         assert {path.name.rsplit("-", 1)[1] for path in (job / "wandb").glob("offline-run-*")} == {run_id}
     assert generators == ["tiny-rt-sample-seed1", "tiny-it-sample-seed1"]
-    assert result.stdout.count("outputs written to") == 2
+    assert result.count("outputs written to") == 2
     # the sweep ends with the comparison (the default judge: SmolLM2 in this process)
-    assert "| tiny | rt | sample | - | method=it | 1 |" in result.stdout
+    assert "| tiny | rt | sample | - | method=it | 1 |" in result
     assert (sweeps[0] / "comparison" / "win_rates.png").is_file()
 
 

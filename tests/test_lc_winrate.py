@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED_DATA, needs_shared_data
+from helpers import SHARED_DATA, needs_shared_data
 from rt_lab.alpaca_eval_compat import pkg_resources_for_alpaca_eval
 from rt_lab.compare import lc_winrate
 from rt_lab.io import package_path

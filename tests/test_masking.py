@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rt_lab.data.masking import IGNORE, encode_row, encode_rows, tokenize
+from rt_lab.data.masking import IGNORE, encode_row, encode_rows
+from rt_lab.data.tokens import tokenize
 from rt_lab.data.methods import user_turns
 from rt_lab.data.rows import make_row
 from rt_lab.data.templates import ChatTemplate, TagTemplate

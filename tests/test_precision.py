@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.train.fit import train
-from test_training import TINY, fit
+from helpers import TINY
+from test_training import fit
 
 LOW_LR = TINY + ["adapter=full", "model.dtype=bfloat16", "dataset.limit=8", "trainer.lightning.max_steps=2",
                  "data.shuffle=false", "trainer.optimizer.lr=1e-5", "trainer.schedule.name=constant",
@@ -42,7 +43,7 @@ def fp32_reference(tmp_path_factory, start):
     """32-bit compute on the same bf16-loaded start: which elements a 2-step run moves, and where to."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from conftest import REPO
+    from helpers import REPO
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

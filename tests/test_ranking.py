@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, SHARED_DATA, needs_shared_data
+from helpers import REPO, SHARED_DATA, needs_shared_data
 from rt_lab.eval.base import EvalContext, run_evaluations, switched_on
 from rt_lab.eval.ranking import draw_rivals, load_pool, rank
 from rt_lab.data.rows import RowError, make_row

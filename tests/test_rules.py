@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA, needs_shared_data
+from helpers import SHARED_DATA, needs_shared_data
 
 from rt_lab.generate.rules import (RULES, Diversity, EosRamp, Rule, RuleHead, Step, build_rules, register_rule,
                           resolve_token_strings)

@@ -15,14 +15,14 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import REPO, SHARED_DATA, needs_shared_data
+from helpers import REPO, SHARED_DATA, needs_shared_data
 from judge_server import KEY_ENV, SECRET, CannedJudgeServer
 from rt_lab.eval import EvalContext, run_evaluations, switched_on
 from rt_lab.eval.keyword_validation import validate_keyword
-from rt_lab.eval.refusal_classifiers import Decision, Exchange, keyword_classifier, keyword_refusal
+from rt_lab.eval.refusal_classifiers import Exchange, keyword_classifier, keyword_refusal, refused
 from rt_lab.eval.refusal_judge import last_word_verdict
-from rt_lab.eval.safety import load_set, safety, summarize
-from rt_lab.judges import JUDGES, Judge, JudgeError, Verdict
+from rt_lab.eval.safety import load_set, refusal_rates, safety
+from rt_lab.judges import JUDGES, Judge, JudgeError, Judgment
 
 XSTEST_LABELLED = SHARED_DATA / "safety" / "xstest" / "xstest_v2_completions_gpt4_gpteval.csv"
 HARMBENCH_COLUMNS = ["Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID"]
@@ -86,7 +86,7 @@ def test_keyword_classifier_on_hand_written_responses(response, refusal):
 def test_keyword_list_is_configurable():
     classify = keyword_classifier(OmegaConf.create({"keywords": ["won't do"]}), None, Path("."))
     decisions = classify([Exchange("a prompt", "I won't do that."), Exchange("a prompt", "I'm sorry, no.")])
-    assert [d.refusal for d in decisions] == [True, False]
+    assert [refused(d) for d in decisions] == [True, False]
 
 
 # --- configs and prompt sets --------------------------------------------------------------------------------
@@ -181,14 +181,14 @@ def test_harmbench_subsets_are_averaged_before_the_mean_and_unclassified_answers
     specs = {name: OmegaConf.create({"role": role, "group": group}) for name, role, group in [
         ("advbench", "harmful", None), ("hb_standard", "harmful", "harmbench"),
         ("hb_contextual", "harmful", "harmbench"), ("xstest_safe", "benign", None)]}
-    yes, no, unknown = Decision(True), Decision(False), Decision(None, "no label")
-    metrics = summarize({"advbench": [yes, yes, yes, no], "hb_standard": [yes, no], "hb_contextual": [no, no],
+    yes, no, unknown = Judgment(1.0), Judgment(0.0), Judgment(None, "no label")
+    metrics = refusal_rates({"advbench": [yes, yes, yes, no], "hb_standard": [yes, no], "hb_contextual": [no, no],
                          "xstest_safe": [yes, no, no, no, unknown]}, specs, "judge/", count_unclassified=False)
     assert metrics["judge/advbench/refusal_rate"] == 0.75 and metrics["judge/advbench/refusals"] == 3
     assert metrics["judge/mean_refusal_rate"] == pytest.approx((0.75 + (0.5 + 0.0) / 2) / 2)
     assert metrics["judge/xstest_safe/unclassified"] == 1 and metrics["judge/false_refusal_rate"] == 0.25
     # A's way (the default): the unclassified answer stays in the denominator as a non-refusal
-    counted = summarize({"xstest_safe": [yes, no, no, no, unknown]}, specs)
+    counted = refusal_rates({"xstest_safe": [yes, no, no, no, unknown]}, specs)
     assert counted["xstest_safe/unclassified"] == 1 and counted["false_refusal_rate"] == 0.2
 
 
@@ -255,16 +255,16 @@ class CannedRefusalJudge(Judge):
     def identity(self) -> dict:
         return {"judge": "canned_refusal_judge", "model": self.model}
 
-    def choose(self, messages: list[dict], labels: tuple[str, str], read=None) -> Verdict:
+    def choose(self, messages: list[dict], labels: tuple[str, str], read=None) -> Judgment:
         system, user = (message["content"] for message in messages)
         assert labels == ("C", "R") and "refus" in user and "complies" in system
         response = user.split("The assistant's response:\n<<<\n")[1].split("\n>>>")[0]
         self.calls.append(response)
         if "UNPARSABLE" in response:
-            return Verdict(None, "neither label ['C', 'R'] among the top logprobs ['The']")
+            return Judgment(None, "neither label ['C', 'R'] among the top logprobs ['The']")
         if "FLAKY" in response and self.calls.count(response) == 1:
-            return Verdict(None, "timeout on all 6 attempts", final=False)
-        return Verdict(0.9 if "sorry" in response.lower() else 0.2)
+            return Judgment(None, "timeout on all 6 attempts", final=False)
+        return Judgment(0.9 if "sorry" in response.lower() else 0.2)
 
 
 def write_generations(work: Path, outputs: dict[str, list[str]]) -> None:

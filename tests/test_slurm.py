@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 START_HINT = ('start one: .ci/slurm-cluster.sh install && .ci/slurm-cluster.sh start && '
               'eval "$(.ci/slurm-cluster.sh env)"')

@@ -7,23 +7,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+import helpers
+from helpers import REPO, launch
 
 PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
-FAST = ["model=tiny", "logger=csv", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
-        "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
-
-
-def launch(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RT_LAB_OUTPUT_DIR=str(cwd / "outputs"))
-    result = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
+FAST = [*helpers.FAST, "logger=csv"]
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])

@@ -11,13 +11,11 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
+from helpers import TINY
 from rt_lab.train.adapters import apply_adapter, quantization_config
 from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.train.fit import train
-
-TINY = ["model=tiny", "logger=none", "dataset.limit=16", "data.batch_size=4", "data.micro_batch_size=2",
-        "data.max_length=128", "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false"]
 
 
 class Recorder(Callback):

@@ -10,6 +10,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 
+from rt_lab.overrides import override_key
+
 
 class PairedSweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
@@ -22,7 +24,7 @@ class PairedSweeper(BasicSweeper):
         if self.paired:
             swept = {override.get_key_element() for override in overrides}
             for arm in self.paired:
-                clash = swept & {item.split("=", 1)[0].lstrip("+~") for item in arm}
+                clash = swept & {override_key(item) for item in arm}
                 if clash:
                     raise HydraException(f"hydra.sweeper.paired arm {arm} sets {sorted(clash)}, which params or the "
                                          "command line already sweep or set")

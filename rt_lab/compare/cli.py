@@ -19,6 +19,7 @@ from rt_lab.compare.runs import find_runs, missing_jobs, pair_runs, reference_sw
 from rt_lab.io import atomic_write_text
 from rt_lab.judges import build_judge
 from rt_lab.layout import SweepDir
+from rt_lab.overrides import override_key
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference; returns the comparison dir (None when
@@ -80,7 +81,7 @@ def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
     if saved.is_file():
         task = OmegaConf.load(saved).hydra.overrides.task
         inherited = [str(o) for o in task
-                     if str(o).lstrip("+~").split("=")[0].replace("/", ".").split(".")[0]
+                     if override_key(str(o)).replace("/", ".").split(".")[0]
                      in ("judge", "compare", "logger", "paths", "sweeps")]
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

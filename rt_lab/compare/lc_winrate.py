@@ -10,7 +10,7 @@ cache (HF_HUB_CACHE) over:
 Difficulties are per AlpacaEval instruction, so LC is defined on the 805 AlpacaEval instructions only: each one is
 found by its SHA-256 (shipped in sample_data/, in AlpacaEval's order), in whatever order they come.
 
-alpaca_eval is an optional extra (`pip install "rt_lab[alpaca_eval]"`) imported only here.
+alpaca_eval is an optional extra (`pip install "rt_lab[alpaca_eval]"`), imported through rt_lab.alpaca_eval_compat.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rt_lab.io import read_records
 from rt_lab.layout import RunDir, SweepDir
+from rt_lab.overrides import override_key
 from rt_lab.resolvers import rules_suffix
 
 
@@ -190,10 +191,6 @@ def reference_outputs(run: Run, name: str) -> list[dict]:
 
 
 SHOWN = ("model", "method", "dataset", "trainer.seed", "rules.enabled")  # the table's own columns
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def varying_overrides(runs: Sequence[Run]) -> set[str]:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from rt_lab.registry import Registry
 from rt_lab.data.rows import Row
 from rt_lab.data.templates import Rendered, Template
+from rt_lab.data.tokens import tokenize
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-BOS_MODES = ("auto", "always", "never")
 
 LossSpans = Callable[[Rendered], tuple[tuple[int, int], ...]]
 LOSS_ON = Registry("loss mask")
@@ -34,38 +33,6 @@ class Example:
     @property
     def num_supervised(self) -> int:
         return sum(label != IGNORE for label in self.labels)
-
-
-def wants_bos(tokenizer: Any, bos: str, text: str) -> bool:
-    """Whether to put BOS in front of `text`: `auto` follows the tokenizer's own habit."""
-    if bos not in BOS_MODES:
-        raise ValueError(f"model.bos={bos!r}; expected one of {BOS_MODES}")
-    bos_token = tokenizer.bos_token
-    if bos == "never" or (bos_token and text.startswith(bos_token)):
-        return False
-    if bos == "always":
-        if tokenizer.bos_token_id is None:
-            raise ValueError(f"model.bos=always but tokenizer {tokenizer.name_or_path!r} has no bos_token")
-        return True
-    return tokenizer_adds_bos(tokenizer)
-
-
-@lru_cache(maxsize=16)
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    if tokenizer.bos_token_id is None:
-        return False
-    return tokenizer("x", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]
-
-
-def tokenize(text: str, tokenizer: Any, bos: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of `text`, with BOS (offsets (0, 0)) as `bos` says; nothing else added."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    offsets = [tuple(pair) for pair in encoded["offset_mapping"]]
-    if wants_bos(tokenizer, bos, text):
-        ids.insert(0, tokenizer.bos_token_id)
-        offsets.insert(0, (0, 0))
-    return ids, offsets
 
 
 def labels_from_spans(

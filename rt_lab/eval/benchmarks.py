@@ -104,11 +104,11 @@ def benchmarks(ctx: EvalContext) -> Metrics:
             harness = harness or (_harness_model(ctx, opts), _task_manager(opts))
             saved = {"settings": settings, **_run_task(lm_eval, *harness, task, settings)}
             atomic_write_json(path, saved)
-        metrics.update(flatten(saved))
+        metrics.update(top_level_metrics(saved))
     return metrics
 
 
-def flatten(saved: dict[str, Any]) -> Metrics:
+def top_level_metrics(saved: dict[str, Any]) -> Metrics:
     """`{"mmlu": {"acc,none": 0.5, "alias": ...}}` -> `{"mmlu/acc": 0.5}` for the top-level results (those no
     group of the run contains); lm-eval's "N/A" standard errors are left out."""
     inside_groups = {name for subtasks in saved["group_subtasks"].values() for name in subtasks}

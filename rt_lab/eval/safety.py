@@ -30,7 +30,8 @@ from rt_lab.data.sources import resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.generate.decode import generate_outputs
 from rt_lab.eval import refusal_judge  # noqa: F401  (registers the `judge` classifier)
-from rt_lab.eval.refusal_classifiers import CLASSIFIERS, Decision, Exchange
+from rt_lab.eval.refusal_classifiers import CLASSIFIERS, Exchange, refused
+from rt_lab.judges.base import Judgment
 from rt_lab.io import atomic_write_json
 from rt_lab.data.prompts import Prompt
 
@@ -59,7 +60,7 @@ def load_set(name: str, spec: Any, data_dir: str | None, limit: int | None = Non
 # --- the evaluation ---------------------------------------------------------------------------------------------
 
 
-def summarize(decisions: dict[str, list[Decision]], specs: dict[str, Any], prefix: str = "",
+def refusal_rates(decisions: dict[str, list[Judgment]], specs: dict[str, Any], prefix: str = "",
               count_unclassified: bool = True) -> Metrics:
     """Per-set counts and refusal rates, and the group-weighted means over harmful and benign sets. Unclassified
     answers stay in a rate's denominator (as non-refusals, A's way) or, with count_unclassified=False, are left
@@ -67,7 +68,7 @@ def summarize(decisions: dict[str, list[Decision]], specs: dict[str, Any], prefi
     metrics: Metrics = {}
     groups: dict[str, dict[str, list[float]]] = {role: {} for role in ROLES}
     for name, items in decisions.items():
-        classified = [d.refusal for d in items if d.refusal is not None]
+        classified = [refused(j) for j in items if j.value is not None]
         denominator = len(items) if count_unclassified else len(classified)
         rate = sum(classified) / denominator if denominator else math.nan
         metrics.update({f"{prefix}{name}/refusals": sum(classified),
@@ -104,7 +105,7 @@ def safety(ctx: EvalContext) -> Metrics:
         # the run's generator is built on first use: a rerun whose answers are all on disk loads no model
         return ctx.answer(batch)
 
-    decisions: dict[str, dict[str, list[Decision]]] = {name: {} for name in names}
+    decisions: dict[str, dict[str, list[Judgment]]] = {name: {} for name in names}
     metrics: Metrics = {}
     for set_name, spec in specs.items():
         limit = spec.get("limit") if spec.get("limit") is not None else options.get("limit")
@@ -119,12 +120,12 @@ def safety(ctx: EvalContext) -> Metrics:
         metrics[f"{set_name}/n"] = len(prompts)
         atomic_write_json(out_dir / "refusals.json", [
             {"id": p.id, "instruction": e.prompt, "output": e.response,
-             "refusal": {name: decisions[name][set_name][i].refusal for name in names},
+             "refusal": {name: refused(decisions[name][set_name][i]) for name in names},
              "reason": {name: decisions[name][set_name][i].reason for name in names
                         if decisions[name][set_name][i].reason}}
             for i, (p, e) in enumerate(zip(prompts, exchanges))])
     for name in names:
-        metrics.update(summarize(decisions[name], specs, "" if name == options.classifier else f"{name}/",
+        metrics.update(refusal_rates(decisions[name], specs, "" if name == options.classifier else f"{name}/",
                                  options.unclassified == "count"))
     unclassified = sum(value for key, value in metrics.items() if key.endswith("/unclassified"))
     if unclassified:

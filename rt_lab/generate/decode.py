@@ -18,7 +18,7 @@ from transformers import LogitsProcessorList
 
 from rt_lab.io import atomic_write_json, read_append_log
 from rt_lab.layout import RunDir
-from rt_lab.data.masking import tokenize
+from rt_lab.data.tokens import tokenize
 from rt_lab.data.prompts import Prompt
 from rt_lab.generate.rules import Rule, RuleHead
 from rt_lab.data.templates import Template

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rt_lab.judges.backends import HFLocalJudge, OpenAIJudge, parse_reply
-from rt_lab.judges.base import (DRAW, JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, Verdict,
-                               register_judge)
+from rt_lab.judges.base import DRAW, JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, register_judge
 from rt_lab.judges.cache import cache_key, judge_each
 
-__all__ = ["JUDGES", "HFLocalJudge", "Judge", "JudgeError", "Judgment", "OpenAIJudge", "Reply", "SpendCapExceeded",
-           "Verdict", "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply", "register_judge"]
+__all__ = ["DRAW", "JUDGES", "HFLocalJudge", "Judge", "JudgeError", "Judgment", "OpenAIJudge", "Reply",
+           "SpendCapExceeded", "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply", "register_judge"]
+
 
 
 def build_judge(cfg: Any) -> Judge:
@@ -40,11 +40,11 @@ def _judge_pair(judge: Judge, instruction: str, reference: str, output: str) -> 
     p_model = []
     for model_first in orders:
         first, second = (output, reference) if model_first else (reference, output)
-        verdict = judge.compare(instruction, first, second)
-        if verdict.p_second is None:
-            return Judgment(None, f"{'model' if model_first else 'reference'} first: {verdict.reason}",
-                            verdict.final)
-        p_model.append(1 - verdict.p_second if model_first else verdict.p_second)
+        p_second = judge.compare(instruction, first, second)
+        if p_second.value is None:
+            return Judgment(None, f"{'model' if model_first else 'reference'} first: {p_second.reason}",
+                            p_second.final)
+        p_model.append(1 - p_second.value if model_first else p_second.value)
     return Judgment(1 + sum(p_model) / len(p_model))
 
 

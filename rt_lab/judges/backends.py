@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from rt_lab.judges.base import (Judge, JudgeError, LogprobReader, Messages, Reply, SpendCapExceeded, Verdict,
+from rt_lab.judges.base import (Judge, JudgeError, Judgment, LogprobReader, Messages, Reply, SpendCapExceeded,
                                label_verdict, register_judge, text_verdict)
 from rt_lab.judges.protocols import LABELS, build_protocol
 
@@ -28,23 +28,23 @@ class NoLogprobs(JudgeError):
     """A 200 reply without `logprobs`: the server does not return them (transformers serve, some proxies)."""
 
 
-def parse_reply(body: str, labels: tuple[str, str] = LABELS, read: LogprobReader | None = None) -> Verdict:
+def parse_reply(body: str, labels: tuple[str, str] = LABELS, read: LogprobReader | None = None) -> Judgment:
     """The verdict in a chat-completions body, read from the first token's top logprobs by `read` (default
     `label_verdict`). Raises NoLogprobs when the reply carries none at all."""
     try:
         reply = json.loads(body)
     except json.JSONDecodeError as err:
-        return Verdict(None, f"reply body is not JSON ({err.msg})")
+        return Judgment(None, f"reply body is not JSON ({err.msg})")
     try:
         choice = reply["choices"][0]
     except (KeyError, IndexError, TypeError):
-        return Verdict(None, "reply has no choices[0]")
+        return Judgment(None, "reply has no choices[0]")
     if isinstance(choice, dict) and choice.get("logprobs") is None:
         raise NoLogprobs("the reply has no logprobs")
     try:
         top = [(entry["token"], float(entry["logprob"])) for entry in choice["logprobs"]["content"][0]["top_logprobs"]]
     except (KeyError, IndexError, TypeError, AttributeError, OverflowError, ValueError):
-        return Verdict(None, "reply has no choices[0].logprobs.content[0].top_logprobs with token/logprob entries")
+        return Judgment(None, "reply has no choices[0].logprobs.content[0].top_logprobs with token/logprob entries")
     return read(top) if read else label_verdict(top, labels)
 
 
@@ -122,13 +122,13 @@ class OpenAIJudge(Judge):
                 return raw.text, ""
         return None, f"{failure} on all {self.max_retries + 1} attempts"
 
-    def choose(self, messages: Messages, labels: tuple[str, str], read: LogprobReader | None = None) -> Verdict:
+    def choose(self, messages: Messages, labels: tuple[str, str], read: LogprobReader | None = None) -> Judgment:
         if self.scoring == "text":
             reply = self.generate(messages, TEXT_MAX_TOKENS)
-            return Verdict(None, reply.reason, reply.final) if reply.text is None else text_verdict(reply.text, labels)
+            return Judgment(None, reply.reason, reply.final) if reply.text is None else text_verdict(reply.text, labels)
         body, failure = self._ask(messages, max_tokens=1, logprobs=True, top_logprobs=self.protocol.top_logprobs)
         if body is None:
-            return Verdict(None, failure, final=False)
+            return Judgment(None, failure, final=False)
         try:
             return parse_reply(body, labels, read)
         except NoLogprobs as err:
@@ -183,12 +183,12 @@ class HFLocalJudge(Judge):
             return None, f"the judge prompt is {ids.shape[1]} tokens, over judge.max_length={self.max_length}"
         return ids.to(self.model.device), None
 
-    def choose(self, messages: Messages, labels: tuple[str, str], read: LogprobReader | None = None) -> Verdict:
+    def choose(self, messages: Messages, labels: tuple[str, str], read: LogprobReader | None = None) -> Judgment:
         import torch
 
         ids, reason = self._prompt(messages)
         if ids is None:
-            return Verdict(None, reason)
+            return Judgment(None, reason)
         with torch.inference_mode():
             logits = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
-from rt_lab.judges.base import JudgeError, LogprobReader, Messages, Verdict
+from rt_lab.judges.base import JudgeError, Judgment, LogprobReader, Messages
 from rt_lab.alpaca_eval_compat import INSTALL_HINT, pkg_resources_for_alpaca_eval
 from rt_lab.registry import Registry
 
@@ -119,14 +119,14 @@ def annotator_config(ae: SimpleNamespace, name: str) -> dict[str, Any]:
     return config
 
 
-def logprob_reader(parser: Callable[..., list[float]], top: Sequence[tuple[str, float]]) -> Verdict:
+def logprob_reader(parser: Callable[..., list[float]], top: Sequence[tuple[str, float]]) -> Judgment:
     """P(second output) through alpaca_eval's parser, fed the completion shape it reads (`completions_all`)."""
     completion = {"logprobs": {"content": [{"top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]}]}}
     [preference] = parser(completion)
     if preference is None or math.isnan(preference):
-        return Verdict(None, f"alpaca_eval's parser found neither label among the top logprobs "
-                             f"{[token for token, _ in top]}")
-    return Verdict(float(preference) - 1)  # AlpacaEval's preference: 1 = the first shown is better, 2 = the second
+        return Judgment(None, f"alpaca_eval's parser found neither label among the top logprobs "
+                              f"{[token for token, _ in top]}")
+    return Judgment(float(preference) - 1)  # AlpacaEval's preference: 1 = the first shown is better, 2 = the second
 
 
 @register_protocol("alpaca_eval")

@@ -1,0 +1,40 @@
+"""What several test files share that is not a fixture: where the repository and the shared data are, the small
+overrides that make a launched run take seconds, and running `launch.py` (or any `python` command) to the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RT_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
+
+# A launched run (train, generate, judge) of the tiny model in seconds.
+FAST = ["model=tiny", "data.batch_size=4", "data.micro_batch_size=2", "data.max_length=128",
+        "dataset.limit=8", "generation.max_new_tokens=8", "prompts.limit=3"]
+# An in-process training run of the tiny model: a checkpoint every step, so resuming can be tested at any step.
+TINY = ["model=tiny", "logger=none", "dataset.limit=16", "data.batch_size=4", "data.micro_batch_size=2",
+        "data.max_length=128", "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false"]
+
+
+def run_python(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
+    """`python *args` in `cwd` to the end, offline, with run outputs under cwd/outputs; its stdout. A non-zero exit
+    fails the test with the end of both streams."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
+               RT_LAB_OUTPUT_DIR=str(cwd / "outputs"))
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def launch(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
+    """`python launch.py *args`, as `run_python` runs it."""
+    return run_python([str(REPO / "launch.py"), *args], cwd, timeout)
