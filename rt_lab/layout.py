@@ -25,10 +25,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 COMPARISON = "comparison"
 MERGED_ADAPTER = "adapter"  # inside an exported model folder: merge_bf16's trained adapter
 _HYDRA_CONFIG = ".hydra/config.yaml"
+
+
+class At:
+    """A fixed place under a dir: `outputs = At("model_outputs.json")` makes `RunDir(p).outputs` the Path
+    `p / "model_outputs.json"`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        return self if instance is None else instance.path.joinpath(*self.parts)
 
 
 def comparison_name(reference: str) -> str:
@@ -43,38 +55,21 @@ class RunDir:
 
     path: Path
 
-    @property
-    def hydra_config(self) -> Path:
-        return self.path / _HYDRA_CONFIG
-
-    @property
-    def hydra_overrides(self) -> Path:
-        return self.path / ".hydra" / "overrides.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def checkpoint(self) -> Path:
-        """The checkpoint a rerun resumes from (Lightning's `save_last` name in `checkpoints`)."""
-        return self.checkpoints / "last.ckpt"
-
-    @property
-    def model(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def trained_marker(self) -> Path:
-        return self.path / "trained.done"
-
-    @property
-    def generations(self) -> Path:
-        return self.path / "generations.jsonl"
-
-    @property
-    def outputs(self) -> Path:
-        return self.path / "model_outputs.json"
+    hydra_config = At(_HYDRA_CONFIG)
+    hydra_overrides = At(".hydra", "overrides.yaml")
+    checkpoints = At("checkpoints")
+    checkpoint = At("checkpoints", "last.ckpt")  # what a rerun resumes from (Lightning's `save_last` name)
+    model = At("model")
+    trained_marker = At("trained.done")
+    generations = At("generations.jsonl")
+    outputs = At("model_outputs.json")
+    comparison = At(COMPARISON)
+    epochs = At("epochs")
+    epoch_summary = At("epochs", "summary.json")
+    epoch_judgments = At("epochs", "judgments.jsonl")
+    csv_metrics = At("csv", "metrics.csv")  # conf/logger/csv.yaml names the folder, Lightning's CSVLogger the file
+    wandb_run_id = At("wandb_run_id")
+    done_marker = At("run.done")
 
     def eval_metrics(self, name: str) -> Path:
         return self.path / "eval" / f"{name}.json"
@@ -82,20 +77,12 @@ class RunDir:
     def eval_dir(self, name: str) -> Path:
         return self.path / "eval" / name
 
-    @property
-    def comparison(self) -> Path:
-        return self.path / COMPARISON
-
     def verdicts(self, reference: str) -> Path:
         """The rows and metrics of this run judged against `reference` (a reference name, not yet made safe)."""
         return self.comparison / f"{comparison_name(reference)}.json"
 
     def alpaca_eval_output(self, reference: str) -> Path:
         return self.comparison / f"alpaca_eval_{comparison_name(reference)}"
-
-    @property
-    def epochs(self) -> Path:
-        return self.path / "epochs"
 
     def epoch(self, number: int) -> RunDir:
         return RunDir(self.epochs / str(number))
@@ -105,27 +92,6 @@ class RunDir:
         found = [int(d.name) for d in self.epochs.iterdir() if d.name.isdigit()] if self.epochs.is_dir() else []
         return sorted(number for number in found if self.epoch(number).outputs.is_file())
 
-    @property
-    def epoch_summary(self) -> Path:
-        return self.epochs / "summary.json"
-
-    @property
-    def epoch_judgments(self) -> Path:
-        return self.epochs / "judgments.jsonl"
-
-    @property
-    def csv_metrics(self) -> Path:
-        """The CSV logger's metrics (conf/logger/csv.yaml names the folder, Lightning's CSVLogger the file)."""
-        return self.path / "csv" / "metrics.csv"
-
-    @property
-    def wandb_run_id(self) -> Path:
-        return self.path / "wandb_run_id"
-
-    @property
-    def done_marker(self) -> Path:
-        return self.path / "run.done"
-
 
 @dataclass(frozen=True)
 class SweepDir:
@@ -133,71 +99,24 @@ class SweepDir:
 
     path: Path
 
+    jobs = At("jobs.json")  # every job the launcher planned: {number: overrides}
+    multirun_config = At("multirun.yaml")
+    comparison = At(COMPARISON)
+    judgments = At(COMPARISON, "judgments.jsonl")  # the judge cache of the sweep's comparisons
+    summary_csv = At(COMPARISON, "summary.csv")
+    table_csv = At(COMPARISON, "table.csv")
+    summary_md = At(COMPARISON, "summary.md")
+    win_rates_plot = At(COMPARISON, "win_rates.png")
+    alpaca_eval_commands = At(COMPARISON, "alpaca_eval_commands.sh")
+    epochs_csv = At(COMPARISON, "epochs.csv")
+    epoch_table_csv = At(COMPARISON, "epoch_table.csv")
+    epochs_md = At(COMPARISON, "epochs.md")
+    picked_epochs = At(COMPARISON, "picked_epochs.json")
+    win_rate_vs_epoch_plot = At(COMPARISON, "win_rate_vs_epoch.png")
+    wandb_run_id = At(COMPARISON, "wandb_run_id")  # the W&B id of the sweep's summary run
+
     def run_dirs(self) -> list[RunDir]:
         """Every job dir (one holding `.hydra/config.yaml`) outside `comparison/`, in job-number order."""
         found = [saved.parents[1] for saved in self.path.rglob(_HYDRA_CONFIG)]
         jobs = [job for job in found if COMPARISON not in job.relative_to(self.path).parts]
         return [RunDir(job) for job in sorted(jobs, key=lambda job: (len(job.name), job.name))]
-
-    @property
-    def jobs(self) -> Path:
-        """Every job the launcher planned: {number: overrides}."""
-        return self.path / "jobs.json"
-
-    @property
-    def multirun_config(self) -> Path:
-        return self.path / "multirun.yaml"
-
-    @property
-    def comparison(self) -> Path:
-        return self.path / COMPARISON
-
-    @property
-    def judgments(self) -> Path:
-        """The judge cache of the sweep's comparisons."""
-        return self.comparison / "judgments.jsonl"
-
-    @property
-    def summary_csv(self) -> Path:
-        return self.comparison / "summary.csv"
-
-    @property
-    def table_csv(self) -> Path:
-        return self.comparison / "table.csv"
-
-    @property
-    def summary_md(self) -> Path:
-        return self.comparison / "summary.md"
-
-    @property
-    def win_rates_plot(self) -> Path:
-        return self.comparison / "win_rates.png"
-
-    @property
-    def alpaca_eval_commands(self) -> Path:
-        return self.comparison / "alpaca_eval_commands.sh"
-
-    @property
-    def epochs_csv(self) -> Path:
-        return self.comparison / "epochs.csv"
-
-    @property
-    def epoch_table_csv(self) -> Path:
-        return self.comparison / "epoch_table.csv"
-
-    @property
-    def epochs_md(self) -> Path:
-        return self.comparison / "epochs.md"
-
-    @property
-    def picked_epochs(self) -> Path:
-        return self.comparison / "picked_epochs.json"
-
-    @property
-    def win_rate_vs_epoch_plot(self) -> Path:
-        return self.comparison / "win_rate_vs_epoch.png"
-
-    @property
-    def wandb_run_id(self) -> Path:
-        """The W&B id of the sweep's summary run."""
-        return self.comparison / "wandb_run_id"

@@ -64,22 +64,24 @@ class Batching:
         return cls(data.batch_size, data.micro_batch_size, data.packing, pack_length, data.shuffle, data.seed)
 
 
+@dataclass
 class WindowLoader:
-    """Iterable of optimizer-step windows (lists of micro-batch dicts) for one rank."""
+    """Iterable of optimizer-step windows (lists of micro-batch dicts) for one rank. `position(windows)` gives the
+    (epoch, first window) to start from: Lightning's restored step on a resume."""
 
-    def __init__(self, examples: Sequence[Example], batching: Batching, pad_id: int,
-                 attn_implementation: str | None, rank: int = 0, world_size: int = 1,
-                 position: Callable[[int], tuple[int, int]] = lambda windows: (0, 0)) -> None:
-        if batching.batch_size % world_size:
-            raise ValueError(f"data.batch_size={batching.batch_size} is not divisible by the {world_size} devices")
-        self.examples = examples
-        self.batching = batching
-        self.pad_id = pad_id
-        self.attn_implementation = attn_implementation
-        self.rank = rank
-        self.world_size = world_size
-        self.position = position
-        self.num_windows = count_windows(len(examples), batching.batch_size, world_size)
+    examples: Sequence[Example]
+    batching: Batching
+    pad_id: int
+    attn_implementation: str | None
+    rank: int = 0
+    world_size: int = 1
+    position: Callable[[int], tuple[int, int]] = lambda windows: (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.batching.batch_size % self.world_size:
+            raise ValueError(f"data.batch_size={self.batching.batch_size} is not divisible by the "
+                             f"{self.world_size} devices")
+        self.num_windows = count_windows(len(self.examples), self.batching.batch_size, self.world_size)
 
     def __len__(self) -> int:
         return self.num_windows

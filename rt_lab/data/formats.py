@@ -90,6 +90,27 @@ def joined(instruction: str, extra: str | None) -> str:
 # --- training data: instruction and answer ----------------------------------------------------------------------
 
 
+def register_columns(name: str, instruction: str, answer: str | None = None, extra: str | None = None) -> None:
+    """A format that reads columns: the `instruction` column (+ the `extra` input or context column after a blank
+    line, the Alpaca/Dolly convention) and, for training data, the `answer` column."""
+
+    def build(record: dict) -> list[dict]:
+        text = joined(record[instruction], record.get(extra) if extra else None)
+        return turn(text, record[answer] if answer else None)
+
+    build.__name__ = name  # errors and load stats name the format
+    FORMATS[name] = per_record(build)
+
+
+register_columns("alpaca", "instruction", "output", extra="input")
+register_columns("dolly", "instruction", "response", extra="context")
+register_columns("gsm8k", "question", "answer")
+register_columns("mbpp", "text", "code")
+register_columns("instruction", "instruction", extra="input")  # prompt sets
+register_columns("prompt", "prompt")  # safety sets
+register_columns("advbench", "goal")
+
+
 @register_format("messages")
 @per_record
 def messages(record: dict) -> list[dict]:
@@ -101,30 +122,6 @@ def messages(record: dict) -> list[dict]:
 def lima_conversations(record: dict) -> list[dict]:
     roles = ("user", "assistant")
     return [{"role": roles[i % 2], "content": text} for i, text in enumerate(record["conversations"])]
-
-
-@register_format("alpaca")
-@per_record
-def alpaca(record: dict) -> list[dict]:
-    return turn(joined(record["instruction"], record.get("input")), record["output"])
-
-
-@register_format("dolly")
-@per_record
-def dolly(record: dict) -> list[dict]:
-    return turn(joined(record["instruction"], record.get("context")), record["response"])
-
-
-@register_format("gsm8k")
-@per_record
-def gsm8k(record: dict) -> list[dict]:
-    return turn(record["question"], record["answer"])
-
-
-@register_format("mbpp")
-@per_record
-def mbpp(record: dict) -> list[dict]:
-    return turn(record["text"], record["code"])
 
 
 @register_format("poetry")
@@ -164,24 +161,6 @@ def chess(records: Records, source: str, stats: LoadStats) -> Iterator[Conversat
 
 
 # --- prompts only (evaluation and safety sets) ------------------------------------------------------------------
-
-
-@register_format("instruction")
-@per_record
-def instruction(record: dict) -> list[dict]:
-    return turn(joined(record["instruction"], record.get("input")))
-
-
-@register_format("prompt")
-@per_record
-def prompt(record: dict) -> list[dict]:
-    return turn(record["prompt"])
-
-
-@register_format("advbench")
-@per_record
-def advbench(record: dict) -> list[dict]:
-    return turn(record["goal"])
 
 
 def with_context(behavior: str, context: str | None) -> list[dict]:
