@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import netrc
 import os
 import uuid
 from pathlib import Path
@@ -20,12 +19,12 @@ from rt_lab.layout import RunDir
 
 
 def wandb_credentials_present() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+    """Whether wandb itself finds credentials: WANDB_API_KEY, an identity-token file, a .netrc entry for the host
+    WANDB_BASE_URL names (self-hosted servers included) or its settings. Resolved by wandb, with no prompt and no
+    network call."""
+    import wandb
+
+    return bool(wandb.login(prompt=False, verify=False))
 
 
 def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> Any:

@@ -162,6 +162,29 @@ def test_aggregate_mean_and_sample_std_over_seeds_and_references():
     assert math.isnan(by_method["base"]["win_rate_std"]) and by_method["base"]["standard_error"] == 4.0
 
 
+@pytest.mark.parametrize("identity,column", [
+    ({"judge": "openai", "model": "gpt-4-1106-preview", "protocol": "alpaca_eval",
+      "annotator": "weighted_alpaca_eval_gpt4_turbo"}, "LC win rate |"),
+    ({"judge": "openai", "model": "llama-3.1-70b", "protocol": "alpaca_eval",
+      "annotator": "weighted_alpaca_eval_gpt4_turbo"}, "LC win rate (unofficial"),
+    ({"judge": "hf_local", "model": "SmolLM2", "protocol": "rt_lab"}, "LC win rate (unofficial"),
+])
+def test_the_lc_win_rate_is_official_only_with_alpaca_evals_gpt4_turbo_judge(identity, column):
+    """The LC GLM was fitted to AlpacaEval's weighted GPT-4-Turbo annotator; any other judge's LC is named so."""
+    from rt_lab.compare.lc_winrate import lc_metric
+    from rt_lab.compare.report import markdown
+
+    key = lc_metric(identity)
+    rows = [{"model": "m", "method": "rt", "dataset": "d", "setting": "", "reference_kind": "method=it",
+             "run": f"m-rt-seed{seed}", "reference": f"m-it-seed{seed}", "win_rate": 40.0 + seed,
+             "standard_error": 2.0, "n_unparsable": 0, key: 30.0 + 2 * seed} for seed in (1, 2)]
+    (row,) = aggregate(rows)
+    assert (row[key], row[f"{key}_std"]) == pytest.approx((33.0, 2 ** 0.5))
+    other = {"lc_win_rate", "lc_win_rate_unofficial"} - {key}
+    assert not other & set(row)
+    assert column in markdown([row], [], identity)
+
+
 def test_setting_column_shows_only_overrides_that_vary(tmp_path, compose):
     from rt_lab.compare import describe, varying_overrides
 

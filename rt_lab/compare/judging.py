@@ -57,7 +57,10 @@ def compare_pair(run: Run, reference: Reference, judge: Any, cache: Path, lc: st
                           "reference_kind": reference.kind, **summarize(preferences),
                           "avg_length": statistics.fmean(len(o) for o in outputs) if outputs else math.nan}
     if lc != "off":
-        comparison.metrics["lc_win_rate"] = length_controlled(instructions, outputs, references, preferences, lc)
+        from rt_lab.compare.lc_winrate import lc_metric
+
+        comparison.metrics[lc_metric(judge.identity())] = length_controlled(instructions, outputs, references,
+                                                                             preferences, lc)
     atomic_write_json(run.layout.verdicts(reference.name), {"metrics": comparison.metrics, "rows": comparison.rows})
     return comparison
 

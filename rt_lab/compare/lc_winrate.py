@@ -27,6 +27,20 @@ CALIBRATION = ("tatsu-lab/alpaca_eval", "df_gamed.csv")
 N_ALPACA_EVAL = 805
 
 
+# AlpacaEval 2's LC GLM was fitted to judgments of its weighted GPT-4-Turbo annotator
+OFFICIAL_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+GPT4_TURBO_MODELS = ("gpt-4-1106-preview", "gpt-4-0125-preview", "gpt-4-turbo", "gpt-4-turbo-2024-04-09")
+
+
+def lc_metric(judge_identity: dict) -> str:
+    """`lc_win_rate` where the judge is AlpacaEval's own (its annotator's protocol on a GPT-4-Turbo model), else
+    `lc_win_rate_unofficial`: the GLM's length and difficulty terms were fitted to that judge alone."""
+    official = (judge_identity.get("protocol") == "alpaca_eval"
+                and judge_identity.get("annotator") == OFFICIAL_ANNOTATOR
+                and judge_identity.get("model") in GPT4_TURBO_MODELS)
+    return "lc_win_rate" if official else "lc_win_rate_unofficial"
+
+
 class LengthControlUnavailable(RuntimeError):
     """No LC win rate for these inputs here: not the AlpacaEval instructions, or alpaca_eval or its calibration
     file is missing. The plain win rate (rt_lab.compare.winrate) still applies."""

@@ -16,6 +16,11 @@ from rt_lab.compare.judging import Comparison
 from rt_lab.io import atomic_write_text
 
 
+# the LC columns a table can have, with their headers (rt_lab.compare.lc_winrate.lc_metric decides which)
+LC_METRICS = {"lc_win_rate": "LC win rate",
+              "lc_win_rate_unofficial": "LC win rate (unofficial: not AlpacaEval's GPT-4-Turbo judge)"}
+
+
 def aggregate(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation of each (model, method, dataset, setting, reference kind) over its
     comparisons: its seeds, times its references where a run has several (`compare.reference.multiple=all`, e.g.
@@ -26,21 +31,26 @@ def aggregate(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(key, []).append(row)
     table = []
     for (model, method, dataset, setting, reference), rows in groups.items():
-        rates = [row["win_rate"] for row in rows if not math.isnan(row["win_rate"])]
-        lc = [row["lc_win_rate"] for row in rows if not math.isnan(row.get("lc_win_rate", math.nan))]
+        win_rate, win_rate_std = mean_and_std([row["win_rate"] for row in rows])
         per_run = Counter(row["run"] for row in rows)  # references of each run
         table.append({
             "model": model, "method": method, "dataset": dataset, "setting": setting, "reference": reference,
             "seeds": len(per_run), "references": reference_counts(list(per_run.values())),
-            "win_rate": statistics.fmean(rates) if rates else math.nan,
-            "win_rate_std": statistics.stdev(rates) if len(rates) > 1 else math.nan,
+            "win_rate": win_rate, "win_rate_std": win_rate_std,
             # one comparison: the judge's standard error is the only spread there is
             "standard_error": rows[0]["standard_error"] if len(rows) == 1 else math.nan,
-            "lc_win_rate": statistics.fmean(lc) if lc else math.nan,
-            "lc_win_rate_std": statistics.stdev(lc) if len(lc) > 1 else math.nan,
+            **{f"{key}{suffix}": value for key in LC_METRICS if any(key in row for row in rows)
+               for suffix, value in zip(("", "_std"), mean_and_std([row[key] for row in rows if key in row]))},
             "n_unparsable": sum(row["n_unparsable"] for row in rows),
         })
     return sorted(table, key=lambda row: (row["model"], row["dataset"], row["setting"], row["method"]))
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """Over the values that are not NaN: the mean (NaN if none) and the sample std (NaN below two)."""
+    values = [value for value in values if not math.isnan(value)]
+    return (statistics.fmean(values) if values else math.nan,
+            statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
 def reference_counts(counts: Sequence[int]) -> int | str:
@@ -62,9 +72,9 @@ def spread(row: dict[str, Any], metric: str = "win_rate") -> str:
 
 def markdown(table: Sequence[dict[str, Any]], notes: Sequence[str], judge: dict[str, Any],
              reference_sweeps: Sequence[Path] = ()) -> str:
-    has_lc = any(not math.isnan(row["lc_win_rate"]) for row in table)
-    head = ["model", "method", "dataset", "setting", "reference", "seeds", "references", "win rate"] + (
-        ["LC win rate"] if has_lc else [])
+    lc = [key for key in LC_METRICS if any(not math.isnan(row.get(key, math.nan)) for row in table)]
+    head = ["model", "method", "dataset", "setting", "reference", "seeds", "references", "win rate"] + [
+        LC_METRICS[key] for key in lc]
     lines = [f"Win rate (%) of each method against its reference; mean ± std over a row's comparisons (seeds × "
              f"references; one comparison: ± the judge's standard error). Judge: {json.dumps(judge)}"]
     if reference_sweeps:
@@ -72,9 +82,8 @@ def markdown(table: Sequence[dict[str, Any]], notes: Sequence[str], judge: dict[
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         cells = [row["model"], row["method"], row["dataset"], row["setting"] or "-", row["reference"],
-                 str(row["seeds"]), str(row["references"]), spread(row)] + (
-            [spread(row, "lc_win_rate")] if has_lc else [])
-        cells[-1 - has_lc] += f" ({row['n_unparsable']} unparsable)" if row["n_unparsable"] else ""
+                 str(row["seeds"]), str(row["references"]), spread(row)] + [spread(row, key) for key in lc]
+        cells[-1 - len(lc)] += f" ({row['n_unparsable']} unparsable)" if row["n_unparsable"] else ""
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if notes:
         lines += ["", f"Not in this table ({len(notes)}):", *[f"- {note}" for note in notes]]
