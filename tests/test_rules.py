@@ -118,6 +118,18 @@ def test_diversity_scopes_differ_on_repeated_instruction_tokens():
     assert all(((r == 0) | (r == -1.5)).all() for r in scores.values())
 
 
+def test_the_head_keeps_no_token_table_when_no_rule_reads_history(tiny_tokenizer):
+    input_ids = torch.tensor([[5, 6, 7, 8, 9]])
+    without = RuleHead(build_rules(paper_rules_cfg("eos_ramp", "uniform"), tiny_tokenizer), torch.tensor([3]),
+                       torch.tensor([1]))
+    without(input_ids, torch.zeros(1, len(tiny_tokenizer)))
+    assert not without.tracks_history and without.last_seen is None
+    with_diversity = RuleHead(build_rules(paper_rules_cfg("eos_ramp", "diversity"), tiny_tokenizer),
+                              torch.tensor([3]), torch.tensor([1]))
+    with_diversity(input_ids, torch.zeros(1, len(tiny_tokenizer)))
+    assert with_diversity.tracks_history and with_diversity.last_seen is not None
+
+
 def test_weights_scale_rules_and_the_head_is_a_product_of_experts(tiny_tokenizer):
     vocab = len(tiny_tokenizer)
     rules = build_rules(OmegaConf.create({"enabled": ["eos_ramp"], "eos_ramp": {"weight": 2.0}}), tiny_tokenizer)
@@ -156,6 +168,7 @@ class Spy(Rule):
     """Records what the head passes to rules at every step of a real `generate`."""
 
     weight = 0.0
+    reads_history = True
 
     def __init__(self, tokenizer=None, **_):
         self.calls = []

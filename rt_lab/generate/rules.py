@@ -32,17 +32,22 @@ class Step:
 
     input_ids: torch.Tensor  # (B, L): left-padded prompts + generated tokens so far
     generated: torch.Tensor  # (B,): tokens generated so far after the prompt (`t` in the paper)
-    last_seen: torch.Tensor  # (B, V): position of each token's latest occurrence since the instruction; -1: none
+    last_seen: torch.Tensor | None  # (B, V): each token's latest position since the instruction (-1: none);
+    #                                  None when no enabled rule reads history
     scope_starts: dict[str, torch.Tensor]  # scope name -> (B,) its first position in the padded input
 
     def present(self, scope: str) -> torch.Tensor:
         """(B, V) bool: the tokens that occur in `scope` so far. A token's latest occurrence lies inside a scope
         that runs to the end of the sequence iff any occurrence does, so one position table serves every scope."""
+        if self.last_seen is None:
+            raise RuntimeError("a rule read Step.present without `reads_history = True` on its class")
         return self.last_seen >= self.scope_starts[scope].to(self.last_seen.device)[:, None]
 
 
 class Rule:
     weight: float = 1.0
+    # whether `scores` reads `Step.present`: the head keeps its per-token position table only for such rules
+    reads_history: bool = False
 
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:  # (B, V) additive contribution
         raise NotImplementedError
@@ -129,6 +134,7 @@ class Diversity(Rule):
     """`-penalty` once for every distinct token already in scope (`since_user_tag`: instruction, tags and
     response, as the authors' code; `response`: the response so far, as the paper's text)."""
 
+    reads_history = True
     SCOPES = ("since_user_tag", "response")
 
     def __init__(self, tokenizer: Any, weight: float = 1.0, penalty: float = 1.5,
@@ -196,6 +202,7 @@ class RuleHead(LogitsProcessor):
         self.rules = list(rules)
         self.response_start = response_start
         self.scope_starts = {"since_user_tag": instruction_start, "response": response_start}
+        self.tracks_history = any(rule.reads_history for rule in self.rules)
         self.last_seen: torch.Tensor | None = None
         self.seen = 0
 
@@ -213,7 +220,8 @@ class RuleHead(LogitsProcessor):
 
     def rule_scores(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
         generated = input_ids.shape[1] - self.response_start.to(input_ids.device)
-        step = Step(input_ids, generated, self._update_last_seen(input_ids, vocab_size), self.scope_starts)
+        last_seen = self._update_last_seen(input_ids, vocab_size) if self.tracks_history else None
+        step = Step(input_ids, generated, last_seen, self.scope_starts)
         r = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
         for rule in self.rules:
             r += rule.weight * rule.scores(step, vocab_size)
