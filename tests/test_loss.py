@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rt_lab.data.datamodule import collate_padded
-from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.data.masking import IGNORE, Example
 from rt_lab.data.packing import collate_packed
 
@@ -34,9 +34,9 @@ def alone(model, example: Example) -> tuple[float, int]:
 
 def normalised(model, batch, name: str) -> float:
     norm = LOSS_NORMALIZATIONS[name]
-    sums, counts = example_loss_sums(model, batch)
-    assert torch.equal(counts, example_counts(batch))  # the divisor known before the forward pass agrees
-    return float(norm.numerator(sums, counts) / norm.units(counts))
+    where = supervised_targets(batch)
+    sums = example_loss_sums(model, batch, where)
+    return float(norm.numerator(sums, where.counts) / norm.units(where.counts))
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -45,6 +45,7 @@ def test_token_and_sequence_normalisation_match_hand_computed_values(model, exam
     token = sum(m * n for m, n in zip(means, counts)) / sum(counts)
     sequence = sum(means) / len(means)
     batch = collate_packed(examples, "sdpa") if packed else collate_padded(examples, pad_id=0)
+    assert supervised_targets(batch).counts.tolist() == list(counts)  # each row's targets, found before the forward
     with torch.no_grad():
         assert normalised(model, batch, "token") == pytest.approx(token, rel=1e-5)
         assert normalised(model, batch, "sequence") == pytest.approx(sequence, rel=1e-5)

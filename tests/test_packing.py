@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from rt_lab.data.datasets import load_rows
 from rt_lab.data.datamodule import Batching, WindowLoader
 from rt_lab.data.masking import encode_rows
-from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.data.packing import best_fit_decreasing, block_diagonal_mask
 from rt_lab.data.templates import TagTemplate
 
@@ -48,10 +48,11 @@ def window_loss_and_grads(model, window, normalization="token"):
     """The step's loss and gradients as CausalLMModule computes them on one device."""
     norm = LOSS_NORMALIZATIONS[normalization]
     model.zero_grad(set_to_none=True)
-    total = sum(norm.units(example_counts(micro)) for micro in window)
+    wheres = [supervised_targets(micro) for micro in window]
+    total = sum(norm.units(where.counts) for where in wheres)
     loss = torch.zeros(())
-    for micro in window:
-        micro_loss = norm.numerator(*example_loss_sums(model, micro))
+    for micro, where in zip(window, wheres):
+        micro_loss = norm.numerator(example_loss_sums(model, micro, where), where.counts)
         (micro_loss / total).backward()
         loss += micro_loss.detach() / total
     return loss, {name: p.grad.clone() for name, p in model.named_parameters()}

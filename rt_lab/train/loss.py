@@ -25,48 +25,46 @@ from rt_lab.registry import Registry
 Batch = dict[str, torch.Tensor]
 
 
-def target_examples(batch: Batch) -> tuple[torch.Tensor, int]:
-    """For every next-token target (labels[:, 1:]) the index of the example it belongs to, numbered across the
-    micro-batch, and the number of indices. Packed rows start a new example wherever position ids restart."""
+def target_examples(batch: Batch) -> torch.Tensor:
+    """For every next-token target (labels[:, 1:]) a number for the example it belongs to, increasing in
+    micro-batch order. Packed rows start a new example wherever position ids restart."""
     labels = batch["labels"]
     if "position_ids" in batch:
         segment = (batch["position_ids"] == 0).long().cumsum(dim=-1) - 1
     else:
         segment = torch.zeros_like(labels)
-    per_row = int(segment.max()) + 1
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None]
-    return (segment + rows * per_row)[:, 1:], labels.shape[0] * per_row
+    return (segment + rows * labels.shape[1])[:, 1:]  # a row holds at most as many examples as tokens
 
 
-def example_counts(batch: Batch) -> torch.Tensor:
-    """Supervised targets of each example that has any, in micro-batch order (no forward pass needed)."""
-    index, size = target_examples(batch)
-    supervised = batch["labels"][:, 1:] != IGNORE
-    counts = torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(
-        0, index[supervised], torch.ones_like(index[supervised]))
-    return counts[counts > 0]
+@dataclass(frozen=True)
+class SupervisedTargets:
+    """Where a micro-batch's loss falls, known before its forward pass."""
+
+    keep: torch.Tensor  # the target columns with any supervised label (the only logits computed)
+    example: torch.Tensor  # for each supervised target of labels[:, 1:][:, keep], in order: its example's index
+    counts: torch.Tensor  # supervised targets of each example that has any, in micro-batch order
 
 
-def example_loss_sums(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token cross-entropies, supervised targets) of each example with any, in micro-batch order.
+def supervised_targets(batch: Batch) -> SupervisedTargets:
+    targets = batch["labels"][:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    numbers = target_examples(batch)[:, keep][targets[:, keep] != IGNORE]
+    _, example, counts = torch.unique(numbers, return_inverse=True, return_counts=True)
+    return SupervisedTargets(keep, example, counts)
+
+
+def example_loss_sums(model: Any, batch: Batch, where: SupervisedTargets) -> torch.Tensor:
+    """The sum of next-token cross-entropies of each example in `where.counts`, in the same order.
 
     Logits are computed only at positions whose next token carries loss (`logits_to_keep`), which skips the
     vocabulary projection for prompts and padding."""
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    targets = batch["labels"][:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    targets = targets[:, keep]
+    logits = model(**inputs, use_cache=False, logits_to_keep=where.keep).logits
+    targets = batch["labels"][:, 1:][:, where.keep]
     losses = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
-    index, size = target_examples(batch)
-    index = index[:, keep]
-    supervised = targets != IGNORE
-    sums = torch.zeros(size, dtype=losses.dtype, device=losses.device).index_add(
-        0, index[supervised], losses[supervised])
-    counts = torch.zeros(size, dtype=torch.long, device=losses.device).scatter_add_(
-        0, index[supervised], torch.ones_like(index[supervised]))
-    present = counts > 0
-    return sums[present], counts[present]
+    return torch.zeros(len(where.counts), dtype=losses.dtype, device=losses.device).index_add(
+        0, where.example, losses[targets != IGNORE])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from rt_lab.train.adapters import count_parameters
-from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_counts, example_loss_sums
+from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.train.optim import build_schedule
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,17 @@ class CausalLMModule(L.LightningModule):
         started = time.perf_counter()
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        counts = [example_counts(micro) for micro in window]
-        local = torch.stack([torch.stack([self.normalization.units(c), c.sum()]) for c in counts]).sum(dim=0)
+        wheres = [supervised_targets(micro) for micro in window]
+        local = torch.stack([torch.stack([self.normalization.units(w.counts), w.counts.sum()])
+                             for w in wheres]).sum(dim=0)
         total, tokens = self.trainer.strategy.reduce(local.float(), reduce_op="sum")  # one all-reduce
         tokens = int(tokens)
         # DDP averages gradients over ranks; scaling by world size turns that back into the window's sum.
         scale = self.trainer.world_size / total
         loss_sum = torch.zeros((), device=self.device)
-        for index, micro in enumerate(window):
+        for index, (micro, where) in enumerate(zip(window, wheres)):
             with self._no_sync(index < len(window) - 1):
-                micro_loss = self.normalization.numerator(*example_loss_sums(self.model, micro))
+                micro_loss = self.normalization.numerator(example_loss_sums(self.model, micro, where), where.counts)
                 self.manual_backward(micro_loss * scale)
             loss_sum += micro_loss.detach()
         if self.max_grad_norm:
