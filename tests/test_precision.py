@@ -99,6 +99,19 @@ def test_bf16_true_is_refused_unless_opted_in_and_then_loses_updates(compose, tm
     assert moved_fraction(master_weights(tmp_path / "lossy"), start, moved) < 0.1
 
 
+@pytest.mark.parametrize("precision,refused", [("bf16-true", True), ("16-true", True), ("bf16", False),
+                                               ("16", False), ("bf16-mixed", False), ("32-true", False)])
+def test_only_16_bit_weights_are_refused(precision, refused):
+    """Lightning's "bf16" and "16" are its old names for the mixed precisions: fp32 weights."""
+    from rt_lab.train.precision import check_precision
+
+    if refused:
+        with pytest.raises(ValueError, match="allow_low_precision_weights"):
+            check_precision(precision, False)
+    else:
+        check_precision(precision, False)
+
+
 def test_lora_on_a_bf16_base_trains_fp32_adapters(compose, tmp_path):
     trained, _ = fit(compose(TINY + ["adapter=lora", "model.dtype=bfloat16", "trainer.lightning.max_steps=1",
                                      "trainer.lightning.precision=bf16-mixed"]), tmp_path)

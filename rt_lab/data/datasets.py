@@ -26,9 +26,7 @@ def refusal_rows(cfg: Any, count: int, data_dir: str | None) -> list[Row]:
     pool = [row for row in source.rows(LoadStats()) if pattern.search(row.messages[-1].content.strip().lower())]
     if count > len(pool):
         raise ValueError(f"dataset.refusal_mix={count}, but {source.name} has only {len(pool)} matching refusals")
-    order = list(range(len(pool)))
-    random.Random(cfg.seed).shuffle(order)
-    return [Row(f"refusal-{i}", pool[i].messages) for i in order[:count]]
+    return [Row(f"refusal-{i}", pool[i].messages) for i in shuffle_first(len(pool), count, cfg.seed)]
 
 
 @SAMPLERS.register("shuffle_first")

@@ -50,7 +50,8 @@ def supervised_targets(batch: Batch) -> SupervisedTargets:
     targets = batch["labels"][:, 1:]
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
     numbers = target_examples(batch)[:, keep][targets[:, keep] != IGNORE]
-    _, example, counts = torch.unique(numbers, return_inverse=True, return_counts=True)
+    # numbers never decrease (row-major order), so runs of equal numbers are the examples
+    _, example, counts = torch.unique_consecutive(numbers, return_inverse=True, return_counts=True)
     return SupervisedTargets(keep, example, counts)
 
 

@@ -18,8 +18,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Lightning precisions that store the weights themselves in 16 bits
-LOW_PRECISION_WEIGHTS = ("bf16-true", "16-true", "bf16", "16", "half")
+# Lightning precisions that store the weights themselves in 16 bits (its aliases "bf16" and "16" are mixed)
+LOW_PRECISION_WEIGHTS = ("bf16-true", "16-true")
 
 
 def check_precision(precision: str, allow_low_precision_weights: bool) -> None:
@@ -35,8 +35,8 @@ def check_precision(precision: str, allow_low_precision_weights: bool) -> None:
                 "ulp are lost (trainer.allow_low_precision_weights=true)", precision)
 
 
-def keep_master_weights_fp32(model: Any) -> int:
-    """Make every trainable floating-point parameter fp32 (in place); returns how many were converted."""
+def keep_master_weights_fp32(model: Any) -> None:
+    """Make every trainable floating-point parameter fp32 (in place)."""
     converted = 0
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
@@ -44,7 +44,6 @@ def keep_master_weights_fp32(model: Any) -> int:
             converted += 1
     if converted:
         log.info("%d trainable tensors upcast to fp32 master weights", converted)
-    return converted
 
 
 def cast_full_fine_tune(model: Any, dtype_name: str) -> Any:
