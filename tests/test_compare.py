@@ -333,12 +333,13 @@ HELP = "import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n    runpy.run_modul
 
 
 @pytest.mark.parametrize(("probe", "shows"), [(HELP, "python -m rt_lab.compare"),
-                                              ("import hydra_plugins.rt_lab_launcher.launchers", "")])
+                                              ("import hydra_plugins.rt_lab_launcher.launchers", None)])
 def test_the_command_help_and_the_launcher_plugin_import_no_torch(probe, shows):
     """Hydra's plugin scan imports the launchers in every launch, and `--help` should answer at once: both read
     the run-dir names from rt_lab.layout, not from the pipeline's modules."""
     heavy = "print(sorted({'torch', 'lightning', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", f"{probe}\nimport sys\n{heavy}"], capture_output=True, text=True,
                             timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert result.returncode == 0 and shows in result.stdout, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert shows is None or shows in result.stdout
     assert result.stdout.strip().endswith("[]"), result.stdout

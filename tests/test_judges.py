@@ -81,7 +81,7 @@ def test_judge_built_from_config_group_is_the_papers_protocol_canned_judge(serve
     judge = build_judge(cfg)
     assert isinstance(judge, OpenAIJudge) and judge.identity()["annotator"] == "weighted_alpaca_eval_gpt4_turbo"
     judgments = judge_pairs(judge, ["Capital?"], [GOOD], [BAD], tmp_path / "c.jsonl")
-    assert server.requests == 1 and 1 <= judgments[0].value <= 2
+    assert server.requests == 1 and judgments[0].value > 1.5  # the canned judge prefers GOOD: the model wins
 
 
 @pytest.mark.parametrize("marker,code", [("FAIL429x2", 429), ("FAIL500x2", 500), ("SLOW", None)])
