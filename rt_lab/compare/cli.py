@@ -13,23 +13,22 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rt_lab.compare import plots
 from rt_lab.compare.judging import compare_pair
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
 from rt_lab.compare.runs import find_runs, missing_jobs, pair_runs, reference_sweep_dirs, varying_overrides
 from rt_lab.io import atomic_write_text
-from rt_lab.judges import build_judge
+from rt_lab.compare.epoch_selection import report as epoch_report
+from rt_lab.judges import Judge, build_judge
 from rt_lab.layout import SweepDir
 from rt_lab.overrides import override_key
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference; returns the comparison dir (None when
     nothing could be compared)."""
-    from rt_lab.compare import plots
     from rt_lab.compare.wandb_log import log_comparison
 
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir}: no such sweep dir")
+    sweep_dir = existing_sweep(sweep_dir)
     runs = find_runs(sweep_dir)
     notes = missing_jobs(sweep_dir, runs)
     pairs, unpaired = pair_runs(runs, cfg.compare)
@@ -38,9 +37,7 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     if not pairs:
         print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *notes, sep="\n")
         return None
-    if cfg.get("judge") is None:
-        raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
-    judge = build_judge(cfg.judge)
+    judge = configured_judge(cfg)
     comparisons = []
     varying = varying_overrides([run for run, _ in pairs])
     for run, reference in pairs:
@@ -59,14 +56,26 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {layout.summary_csv}, {layout.summary_md}, "
           + ", ".join(str(image) for image in images), flush=True)
     if cfg.compare.reference.get("file") and any(run.layout.epochs.is_dir() for run in runs):
-        pick_epochs(sweep_dir, cfg)  # runs with generation.at_epochs: the per-epoch table too
+        epoch_report(sweep_dir, cfg, judge)  # runs with generation.at_epochs: the per-epoch table too
     return layout.comparison
 
 
-def pick_epochs(sweep_dir: Path, cfg: Any) -> Path | None:
-    from rt_lab.compare.epoch_selection import report  # torch: not for `--help` or the Hydra callback's import
+def pick_epochs(sweep_dir: str | Path, cfg: Any) -> Path | None:
+    """`--pick-epoch`: the per-epoch table and the best epoch per setting only."""
+    return epoch_report(existing_sweep(sweep_dir), cfg, configured_judge(cfg))
 
-    return report(sweep_dir, cfg)
+
+def existing_sweep(sweep_dir: str | Path) -> Path:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such sweep dir")
+    return sweep_dir
+
+
+def configured_judge(cfg: Any) -> Judge:
+    if cfg.get("judge") is None:
+        raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
+    return build_judge(cfg.judge)
 
 
 def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:

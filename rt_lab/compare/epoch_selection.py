@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 from rt_lab.compare import plots
 from rt_lab.compare.report import write_csv
+from rt_lab.compare.judging import judge_epoch
 from rt_lab.compare.runs import Reference, describe, find_runs, reference_file, varying_overrides
-from rt_lab.generate.epochs import judge_epoch
 from rt_lab.io import atomic_write_json, atomic_write_text
-from rt_lab.judges import Judge, build_judge
+from rt_lab.judges import Judge
 from rt_lab.layout import SweepDir
 
 log = logging.getLogger(__name__)
@@ -103,19 +103,14 @@ def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], r
     return "\n".join(lines) + "\n"
 
 
-def report(sweep_dir: Path, cfg: Any) -> Path | None:
+def report(sweep_dir: Path, cfg: Any, judge: Judge) -> Path | None:
     """Judge every run's epochs, write `comparison/epochs.csv` (per run), `epoch_table.csv`, `epochs.md`,
     `picked_epochs.json` and the plot, print the table; None when no run has per-epoch outputs."""
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir}: no such sweep dir")
     file = cfg.compare.reference.get("file")
     if not file:
         raise ValueError("--pick-epoch judges each epoch against a fixed reference: set compare.reference.file "
                          "(Hewitt et al.: ${paths.data_dir}/hewitt/val_eval/val-gpt3.5-2.json)")
-    if cfg.get("judge") is None:
-        raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
     reference = reference_file(file)
-    judge = build_judge(cfg.judge)
     rows = judge_runs(sweep_dir, reference, judge, cfg)
     if not rows:
         print(f"rt_lab compare {sweep_dir} --pick-epoch: no run has per-epoch outputs (generation.at_epochs)")

@@ -12,8 +12,8 @@ from typing import Any
 
 from rt_lab.compare.runs import Reference, Run, describe
 from rt_lab.io import atomic_write_json
-from rt_lab.layout import comparison_name
-from rt_lab.judges import judge_pairs
+from rt_lab.layout import RunDir, comparison_name
+from rt_lab.judges import Judge, judge_pairs
 from rt_lab.compare.winrate import summarize
 
 log = logging.getLogger(__name__)
@@ -78,3 +78,12 @@ def length_controlled(instructions: list[str], outputs: list[str], references: l
             raise
         log.info("no length-controlled win rate: %s", err)
         return math.nan
+
+
+def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: Any,
+                length_controlled: str) -> dict[str, Any]:
+    """An epoch's outputs judged like a sweep comparison judges a run (rt_lab.compare): the rows in
+    `epochs/<N>/comparison/vs_<reference>.json`, the judgments cached in `epochs/judgments.jsonl`."""
+    layout = RunDir(run_dir)
+    epoch_run = Run(layout.epoch(epoch).path, run_cfg, [])
+    return compare_pair(epoch_run, reference, judge, layout.epoch_judgments, length_controlled, set()).metrics

@@ -66,11 +66,11 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
     for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
         input_ids[row, width - len(prompt.ids):] = torch.tensor(prompt.ids)
         attention[row, width - len(prompt.ids):] = 1
-    processors = LogitsProcessorList()
-    if rules:
-        instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts])
-        processors.append(RuleHead(rules, torch.full((len(prompts),), width), instruction_start))
     device = next(model.parameters()).device
+    processors = LogitsProcessorList()
+    if rules:  # the head's positions live where the logits do: no host-to-device copy per decoding step
+        instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts], device=device)
+        processors.append(RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start))
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                             generation_config=config, logits_processor=processors)
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

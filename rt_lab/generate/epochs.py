@@ -24,6 +24,7 @@ import logging
 import random
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,15 +35,15 @@ from omegaconf import ListConfig
 
 from rt_lab.train.adapters import apply_adapter
 from rt_lab.train.export import Base, Export, free_memory
-from rt_lab.generate.decode import generate_outputs, hf_batch_generator
-from rt_lab.compare.judging import compare_pair
-from rt_lab.compare.runs import Reference, Run, reference_file
+from rt_lab.generate.backends import RunModel, make_generator
+from rt_lab.generate.decode import generate_outputs
+from rt_lab.compare.judging import judge_epoch
+from rt_lab.compare.runs import Reference, reference_file
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, JudgeError, build_judge
 from rt_lab.layout import RunDir
 from rt_lab.train.precision import cast_full_fine_tune, keep_master_weights_fp32
 from rt_lab.data.prompts import Prompt
-from rt_lab.generate.rules import build_rules
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,6 @@ def check_at_epochs(cfg: Any) -> list[int]:
         raise ValueError(f"{KEY} generates inside training with generation.backend=hf, not "
                          f"{cfg.generation.backend}")
     return epochs
-
-
-def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: Any,
-                length_controlled: str) -> dict[str, Any]:
-    """An epoch's outputs judged like a sweep comparison judges a run (rt_lab.compare): the rows in
-    `epochs/<N>/comparison/vs_<reference>.json`, the judgments cached in `epochs/judgments.jsonl`."""
-    layout = RunDir(run_dir)
-    epoch_run = Run(layout.epoch(epoch).path, run_cfg, [])
-    return compare_pair(epoch_run, reference, judge, layout.epoch_judgments, length_controlled, set()).metrics
 
 
 @contextlib.contextmanager
@@ -165,9 +157,8 @@ class EpochSelection:
         self.export.save(trained, self.tokenizer, export_dir, self.base)
         del trained
         free_memory()
-        model = self.export.load(export_dir, self.base)
-        answer = hf_batch_generator(model, self.tokenizer, self.cfg.generation, build_rules(self.cfg.rules,
-                                                                                            self.tokenizer))
+        model = RunModel(export_dir, partial(self.export.load, export_dir, self.base))  # as a separate run loads it
+        answer = make_generator(self.cfg, self.tokenizer, model)
         generate_outputs(answer, self.tokenizer, self.template, self.prompts, self.cfg.generation.batch_size,
                          self.cfg.model.bos, self.cfg.run.name, out.path)
         del model, answer
@@ -191,7 +182,6 @@ class EpochSelection:
             logger.log_metrics({"epoch_selection/win_rate": metrics["win_rate"], "epoch_selection/epoch": epoch},
                                step=step)
             logger.save()
-        self.write_summary()
 
     def after_run(self, outputs: Path) -> None:
         """The run's own outputs are the last epoch's; then the run's summary of every epoch."""
@@ -249,4 +239,5 @@ class EpochEndGeneration(L.Callback):
         if trainer.is_global_zero:
             with preserved_rng():  # the API judge's retry jitter draws from `random`
                 selection.evaluate(epoch, trainer.global_step)
+            selection.write_summary()
         trainer.strategy.barrier("epoch_judged")
