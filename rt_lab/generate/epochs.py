@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from omegaconf import ListConfig
 
-from rt_lab.train.adapters import apply_adapter
 from rt_lab.train.export import Base, Export, free_memory
 from rt_lab.generate.backends import RunModel, make_generator
 from rt_lab.generate.decode import generate_outputs
@@ -42,7 +41,7 @@ from rt_lab.compare.runs import Reference, reference_file
 from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, JudgeError, build_judge
 from rt_lab.layout import RunDir
-from rt_lab.train.precision import cast_full_fine_tune, keep_master_weights_fp32
+from rt_lab.train.fit import trainable, trained
 from rt_lab.data.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -89,18 +88,17 @@ def preserved_rng() -> Iterator[None]:
     np.random.set_state(numpy)
 
 
-def trained_copy(state: dict[str, torch.Tensor], base: Base, adapter: Any, dtype: str) -> Any:
+def trained_copy(state: dict[str, torch.Tensor], base: Base, cfg: Any) -> Any:
     """A fresh model holding the trained weights of `state` (the LightningModule's state dict), as train()
     would return it: the export may consume it (merge, cast) while training goes on with the original."""
-    model = apply_adapter(base.load(), adapter)
-    keep_master_weights_fp32(model)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    model = trainable(base.load(), cfg)
+    needed = {name for name, p in model.named_parameters() if p.requires_grad}
     weights = {key.removeprefix("model."): value for key, value in state.items()}
-    missing = sorted(trainable - weights.keys())
+    missing = sorted(needed - weights.keys())
     if missing:
         raise KeyError(f"the trained state lacks {len(missing)} trainable tensors, e.g. {missing[:3]}")
-    model.load_state_dict({name: weights[name] for name in trainable}, strict=False)
-    return cast_full_fine_tune(model, dtype)
+    model.load_state_dict({name: weights[name] for name in needed}, strict=False)
+    return trained(model, cfg)
 
 
 @dataclass
@@ -232,8 +230,7 @@ class EpochEndGeneration(L.Callback):
             state = trainer.strategy.lightning_module_state_dict()
             if trainer.is_global_zero:
                 with preserved_rng():
-                    selection.generate(epoch, trained_copy(state, selection.base, selection.cfg.adapter,
-                                                           selection.cfg.model.dtype))
+                    selection.generate(epoch, trained_copy(state, selection.base, selection.cfg))
             del state
             trainer.strategy.barrier("epoch_outputs")
         if trainer.is_global_zero:

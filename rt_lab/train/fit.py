@@ -46,13 +46,24 @@ def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementatio
                                  cfg.paths.data_dir, attn_implementation)
 
 
+def trainable(model: Any, cfg: Any) -> Any:
+    """The model as training updates it: the configured adapter applied, every trainable weight fp32."""
+    model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
+    keep_master_weights_fp32(model)
+    return model
+
+
+def trained(model: Any, cfg: Any) -> Any:
+    """The model as train() hands it on: a full fine-tune back in `model.dtype` (rt_lab/train/precision.py)."""
+    return cast_full_fine_tune(model, cfg.model.dtype)
+
+
 def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
           callbacks: Sequence[Any] = ()) -> Any:
     """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model, a full
     fine-tune back in `model.dtype` (rt_lab/train/precision.py)."""
     check_precision(cfg.trainer.lightning.precision, cfg.trainer.allow_low_precision_weights)
-    model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
-    keep_master_weights_fp32(model)
+    model = trainable(model, cfg)
     data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
                             cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
@@ -61,4 +72,4 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
     if last.is_file():
         log.info("resuming training from %s", last)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    return cast_full_fine_tune(module.model, cfg.model.dtype)
+    return trained(module.model, cfg)
