@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any
 
 from rt_lab.data.formats import LoadStats, instruction_of
 from rt_lab.data.sources import resolve_source
@@ -101,17 +101,13 @@ def safety(ctx: EvalContext) -> Metrics:
     classifiers = {name: CLASSIFIERS.lookup(name, "eval.safety.classifier")(options, ctx.cfg, work_dir)
                    for name in names}
 
-    def answer(batch: Sequence[Any]) -> list[str]:
-        # the run's generator is built on first use: a rerun whose answers are all on disk loads no model
-        return ctx.answer(batch)
-
     decisions: dict[str, dict[str, list[Judgment]]] = {name: {} for name in names}
     metrics: Metrics = {}
     for set_name, spec in specs.items():
         limit = spec.get("limit") if spec.get("limit") is not None else options.get("limit")
         prompts = load_set(set_name, spec, ctx.cfg.paths.get("data_dir"), limit)
         out_dir = work_dir / set_name
-        path = generate_outputs(answer, ctx.tokenizer, ctx.template, prompts, ctx.cfg.generation.batch_size,
+        path = generate_outputs(ctx.answer, ctx.tokenizer, ctx.template, prompts, ctx.cfg.generation.batch_size,
                                 ctx.cfg.model.get("bos", "auto"), ctx.cfg.run.name, out_dir)
         records = json.loads(path.read_text(encoding="utf-8"))
         exchanges = [Exchange(r["instruction"], r["output"]) for r in records]
