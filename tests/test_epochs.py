@@ -145,3 +145,7 @@ def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tm
     picked = json.loads((sweep / "comparison" / "picked_epochs.json").read_text())
     assert [(p["method"], p["epoch"]) for p in picked] == [("rt", best)]
     assert (sweep / "comparison" / "win_rate_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    # the sweep comparison of the run's own outputs (the last epoch's) reuses the run's judgments too
+    run_python(["-m", "rt_lab.compare", str(sweep), *common], tmp_path)
+    assert length_judge.requests == asked
+    assert (sweep / "comparison" / "summary.md").is_file()

@@ -41,8 +41,9 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     comparisons = []
     varying = varying_overrides([run for run, _ in pairs])
     for run, reference in pairs:
+        # a run judged per epoch during training has its last epoch's judgments, of these same outputs, cached
         comparisons.append(compare_pair(run, reference, judge, layout.judgments, cfg.compare.length_controlled,
-                                        varying))
+                                        varying, also_cached=[run.layout.epoch_judgments]))
     metrics = [c.metrics for c in comparisons]
     table = aggregate(metrics)
     write_csv(layout.summary_csv, metrics)

@@ -8,7 +8,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rt_lab.compare.runs import Reference, Run, describe
 from rt_lab.io import atomic_write_json
@@ -46,9 +46,10 @@ def align(run: Run, reference: Reference) -> tuple[list[str], list[str], list[st
     return instructions, outputs, references
 
 
-def compare_pair(run: Run, reference: Reference, judge: Any, cache: Path, lc: str, varying: set[str]) -> Comparison:
+def compare_pair(run: Run, reference: Reference, judge: Any, cache: Path, lc: str, varying: set[str],
+                 also_cached: Sequence[Path] = ()) -> Comparison:
     instructions, outputs, references = align(run, reference)
-    judgments = judge_pairs(judge, instructions, outputs, references, cache)
+    judgments = judge_pairs(judge, instructions, outputs, references, cache, also_cached)
     comparison = Comparison(run, reference)
     comparison.rows = [{"instruction": i, "output": o, "reference": r, "preference": j.value,
                         "reason": j.reason} for i, o, r, j in zip(instructions, outputs, references, judgments)]

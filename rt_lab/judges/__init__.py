@@ -49,7 +49,7 @@ def _judge_pair(judge: Judge, instruction: str, reference: str, output: str) -> 
 
 
 def judge_pairs(judge: Judge, instructions: Sequence[str], outputs: Sequence[str], references: Sequence[str],
-                cache_path: str | Path) -> list[Judgment]:
+                cache_path: str | Path, also_cached: Sequence[str | Path] = ()) -> list[Judgment]:
     """One Judgment per row, in row order: the preference of model output i against reference i (AlpacaEval's
     output_1 = reference, output_2 = model; None = unparsable, with the reason). Identical outputs are draws
     without a call; everything else goes through `judge_each` and its cache."""
@@ -60,7 +60,7 @@ def judge_pairs(judge: Judge, instructions: Sequence[str], outputs: Sequence[str
     identity = judge.identity()
     keys = [cache_key(identity, instructions[i], references[i], outputs[i]) for i in asked]
     judged = judge_each(judge, keys, lambda n: _judge_pair(judge, instructions[asked[n]], references[asked[n]],
-                                                           outputs[asked[n]]), cache_path, "pairs")
+                                                           outputs[asked[n]]), cache_path, "pairs", also_cached)
     results = [Judgment(DRAW)] * len(outputs)
     for index, judgment in zip(asked, judged):
         results[index] = judgment

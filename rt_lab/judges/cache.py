@@ -10,7 +10,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rt_lab.io import read_append_log
 from rt_lab.judges.base import Judge, JudgeError, Judgment
@@ -28,20 +28,21 @@ class JudgmentCache:
     """Finished judgments, one JSON line each ({key, value, reason}), appended and flushed as they finish (read
     back with `read_append_log`, which survives a torn last line)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, also: Sequence[str | Path] = ()) -> None:
+        """`also`: other caches whose judgments count as made (read, never written): the same pair judged
+        elsewhere, e.g. a run's last epoch judged during training, is not asked again."""
         self.path = Path(path)
-        self.entries = self._read()
+        self.entries = {key: judgment for source in (*also, path) for key, judgment in self._read(Path(source))}
         self._lock = threading.Lock()
 
-    def _read(self) -> dict[str, Judgment]:
-        entries = {}
-        for number, record in enumerate(read_append_log(self.path), start=1):
+    @staticmethod
+    def _read(path: Path) -> Iterator[tuple[str, Judgment]]:
+        for number, record in enumerate(read_append_log(path), start=1):
             missing = [name for name in ("key", "value", "reason") if name not in record]
             if missing:
-                raise ValueError(f"{self.path}: line {number} lacks {missing}; expected an object with key, "
-                                 "value, reason")
-            entries[record["key"]] = Judgment(record["value"], record["reason"])
-        return entries
+                raise ValueError(f"{path}: line {number} lacks {missing}; expected an object with key, value, "
+                                 "reason")
+            yield record["key"], Judgment(record["value"], record["reason"])
 
     def get(self, key: str) -> Judgment | None:
         return self.entries.get(key)
@@ -57,11 +58,11 @@ class JudgmentCache:
 
 
 def judge_each(judge: Judge, keys: Sequence[str], ask: Callable[[int], Judgment], cache_path: str | Path,
-               what: str = "items") -> list[Judgment]:
+               what: str = "items", also_cached: Sequence[str | Path] = ()) -> list[Judgment]:
     """One Judgment per key, in order: cached items are never asked again; the others are asked through
     `ask(index)` (judge.max_concurrency at a time) and cached as soon as each finishes, so a rerun after a crash
     or the spend cap asks only for the missing ones. Transport failures come back with final=False, uncached."""
-    cache = JudgmentCache(cache_path)
+    cache = JudgmentCache(cache_path, also_cached)
     results: list[Judgment | None] = [cache.get(key) for key in keys]
     todo = [index for index, judgment in enumerate(results) if judgment is None]
     log.info("judging %d %s (%d cached) with %s", len(todo), what, len(keys) - len(todo), judge.identity())
