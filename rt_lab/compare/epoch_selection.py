@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
 from rt_lab.compare import plots
-from rt_lab.compare.report import write_csv
+from rt_lab.compare.report import mean_and_std, spread, write_csv
 from rt_lab.compare.judging import judge_epoch
 from rt_lab.compare.runs import Reference, describe, find_runs, reference_file, varying_overrides
 from rt_lab.io import atomic_write_json, atomic_write_text
@@ -51,10 +50,9 @@ def epoch_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(tuple(row[key] for key in SETTING) + (row["epoch"],), []).append(row)
     table = []
     for key, members in groups.items():
-        rates = [row["win_rate"] for row in members if not math.isnan(row["win_rate"])]
+        win_rate, win_rate_std = mean_and_std([row["win_rate"] for row in members])
         table.append({**dict(zip(SETTING + ("epoch",), key)), "seeds": len(members),
-                      "win_rate": statistics.fmean(rates) if rates else math.nan,
-                      "win_rate_std": statistics.stdev(rates) if len(rates) > 1 else math.nan,
+                      "win_rate": win_rate, "win_rate_std": win_rate_std,
                       "standard_error": members[0]["standard_error"] if len(members) == 1 else math.nan,
                       "n_unparsable": sum(row["n_unparsable"] for row in members)})
     return sorted(table, key=lambda row: tuple(row[key] for key in SETTING + ("epoch",)))
@@ -72,15 +70,6 @@ def pick(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             best[key] = row
     return [{**dict(zip(SETTING, key)), "epoch": row["epoch"], "win_rate": row["win_rate"], "seeds": row["seeds"]}
             for key, row in sorted(best.items())]
-
-
-def spread(row: dict[str, Any]) -> str:
-    if math.isnan(row["win_rate"]):
-        return "-"
-    for key, label in (("win_rate_std", "± "), ("standard_error", "se ")):
-        if not math.isnan(row[key]):
-            return f"{row['win_rate']:.1f} ({label}{row[key]:.1f})"
-    return f"{row['win_rate']:.1f}"
 
 
 def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], reference: Reference,

@@ -74,8 +74,7 @@ def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
             break
     if sample:
         rows = subsample(rows, sample, cfg.name, source.name)
-    stats.kept = len(rows)
-    log.info("dataset %s from %s: kept %d rows; left out %s", cfg.name, source.name, stats.kept,
+    log.info("dataset %s from %s: kept %d rows; left out %s", cfg.name, source.name, len(rows),
              stats.left_out or "none")
     if not rows:
         raise ValueError(f"dataset {cfg.name}: no rows loaded from {source.name}")

@@ -18,10 +18,9 @@ Records = Iterable[tuple[int, dict]]
 
 @dataclass
 class LoadStats:
-    """What a load read, kept and left out and why; logged so no record disappears silently."""
+    """What a load read and left out and why; logged so no record disappears silently."""
 
     read: int = 0
-    kept: int = 0
     left_out: dict[str, int] = field(default_factory=dict)
 
     def leave_out(self, reason: str) -> None:

@@ -19,10 +19,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from rt_lab.data.datamodule import Batch
 from rt_lab.data.masking import IGNORE
 from rt_lab.registry import Registry
 
-Batch = dict[str, torch.Tensor]
 
 
 def target_examples(batch: Batch) -> torch.Tensor:
