@@ -190,7 +190,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model, path)
     template = instantiate(cfg.template)
     model = apply_adapter(load_model(cfg.model, path), cfg.adapter, cfg.trainer.gradient_checkpointing)
-    data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
+    data = build_datamodule(cfg, tokenizer, template)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
                             cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
     data.setup("fit")  # tokenise now (setup() is idempotent) so the count is known and stays out of the timing

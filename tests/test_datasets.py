@@ -409,7 +409,7 @@ def make_datamodule(cfg, tokenizer, data_dir=None):
     from rt_lab.data.datamodule import InstructionDataModule
 
     return InstructionDataModule(cfg.data, cfg.dataset, cfg.method, instantiate(cfg.template), tokenizer,
-                                 cfg.model.bos, data_dir, cfg.model.get("attn_implementation"))
+                                 cfg.model.bos, data_dir)
 
 
 def test_single_task_refuses_a_general_dataset(compose, tiny_tokenizer):

@@ -11,6 +11,7 @@ from rt_lab.data.datamodule import collate_padded
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.data.masking import IGNORE, Example
 from rt_lab.data.packing import collate_packed
+from rt_lab.train.token_losses import fused_head
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +33,26 @@ def alone(model, example: Example) -> tuple[float, int]:
     return float(model(input_ids=ids, labels=labels).loss), int((labels[0, 1:] != IGNORE).sum())
 
 
-def normalised(model, batch, name: str) -> float:
+def normalised(model, batch, name: str, head) -> float:
     norm = LOSS_NORMALIZATIONS[name]
     where = supervised_targets(batch)
-    sums = example_loss_sums(model, batch, where)
+    sums = example_loss_sums(model, batch, where, head)
     return float(norm.numerator(sums, where.counts) / norm.units(where.counts))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_head", "reference_logits"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_token_and_sequence_normalisation_match_hand_computed_values(model, examples, packed):
+def test_token_and_sequence_normalisation_match_hand_computed_values(model, examples, packed, fused):
+    head = fused_head(model) if fused else None
+    assert (head is not None) == fused
     means, counts = zip(*(alone(model, example) for example in examples))
     token = sum(m * n for m, n in zip(means, counts)) / sum(counts)
     sequence = sum(means) / len(means)
-    batch = collate_packed(examples, "sdpa") if packed else collate_padded(examples, pad_id=0)
+    batch = collate_packed(examples) if packed else collate_padded(examples, pad_id=0)
     assert supervised_targets(batch).counts.tolist() == list(counts)  # each row's targets, found before the forward
     with torch.no_grad():
-        assert normalised(model, batch, "token") == pytest.approx(token, rel=1e-5)
-        assert normalised(model, batch, "sequence") == pytest.approx(sequence, rel=1e-5)
+        assert normalised(model, batch, "token", head) == pytest.approx(token, rel=1e-5)
+        assert normalised(model, batch, "sequence", head) == pytest.approx(sequence, rel=1e-5)
     assert abs(token - sequence) > 1e-3
 
 

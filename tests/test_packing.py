@@ -10,7 +10,8 @@ from rt_lab.data.datasets import load_rows
 from rt_lab.data.datamodule import Batching, WindowLoader
 from rt_lab.data.masking import encode_rows
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
-from rt_lab.data.packing import best_fit_decreasing, block_diagonal_mask
+from rt_lab.data.packing import best_fit_decreasing
+from rt_lab.train.token_losses import fused_head
 from rt_lab.data.templates import TagTemplate
 
 
@@ -23,18 +24,6 @@ def test_best_fit_decreasing_fills_bins_tightly():
         best_fit_decreasing([7], capacity=6)
 
 
-def test_block_diagonal_mask_keeps_attention_inside_each_sequence():
-    allowed = block_diagonal_mask([2, 3], additive=False)[0, 0]
-    expected = torch.tensor([[1, 0, 0, 0, 0],
-                             [1, 1, 0, 0, 0],
-                             [0, 0, 1, 0, 0],
-                             [0, 0, 1, 1, 0],
-                             [0, 0, 1, 1, 1]], dtype=torch.bool)
-    assert torch.equal(allowed, expected)
-    additive = block_diagonal_mask([2, 3], additive=True)[0, 0]
-    assert torch.equal(additive == 0, expected)
-
-
 @pytest.fixture(scope="module")
 def examples(tiny_tokenizer):
     from omegaconf import OmegaConf
@@ -44,7 +33,7 @@ def examples(tiny_tokenizer):
     return encode_rows(rows, TagTemplate(), tiny_tokenizer, "assistant", max_length=160)
 
 
-def window_loss_and_grads(model, window, normalization="token"):
+def window_loss_and_grads(model, window, normalization="token", head=None):
     """The step's loss and gradients as CausalLMModule computes them on one device."""
     norm = LOSS_NORMALIZATIONS[normalization]
     model.zero_grad(set_to_none=True)
@@ -52,37 +41,53 @@ def window_loss_and_grads(model, window, normalization="token"):
     total = sum(norm.units(where.counts) for where in wheres)
     loss = torch.zeros(())
     for micro, where in zip(window, wheres):
-        micro_loss = norm.numerator(example_loss_sums(model, micro, where), where.counts)
+        micro_loss = norm.numerator(example_loss_sums(model, micro, where, head), where.counts)
         (micro_loss / total).backward()
         loss += micro_loss.detach() / total
     return loss, {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def loader(examples, tokenizer, packing, micro, attn):
+def loader(examples, tokenizer, packing, micro):
     return WindowLoader(examples, Batching(len(examples), micro, packing, pack_length=320, seed=0),
-                        tokenizer.pad_token_id, attn)
+                        tokenizer.pad_token_id)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_head", "reference_logits"])
 @pytest.mark.parametrize("attn,normalization", [("eager", "token"), ("sdpa", "token"), ("sdpa", "sequence")])
-def test_packed_equals_unpacked_loss_and_gradients(tiny_path, tiny_tokenizer, examples, attn, normalization):
+def test_packed_equals_unpacked_loss_and_gradients(tiny_path, tiny_tokenizer, examples, attn, normalization, fused):
+    """The packed batch carries no attention mask: transformers builds the block-causal one from position ids."""
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=attn, dtype=torch.float32)
-    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3, attn=attn)))
-    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3, attn=attn)))
+    head = fused_head(model) if fused else None
+    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3)))
+    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3)))
     assert len(packed) < len(examples) and all(m["input_ids"].shape[0] == 1 for m in packed)
+    assert all("attention_mask" not in m for m in packed)
     assert max(int((m["position_ids"] == 0).sum()) for m in packed) > 1  # bins really hold several rows
-    loss_padded, grads_padded = window_loss_and_grads(model, padded, normalization)
-    loss_packed, grads_packed = window_loss_and_grads(model, packed, normalization)
+    loss_padded, grads_padded = window_loss_and_grads(model, padded, normalization, head)
+    loss_packed, grads_packed = window_loss_and_grads(model, packed, normalization, head)
     torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-6)
     for name, grad in grads_padded.items():
         torch.testing.assert_close(grads_packed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_packing_without_the_block_mask_would_contaminate(tiny_path, tiny_tokenizer, examples):
-    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="eager", dtype=torch.float32)
-    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3, attn="eager")))
-    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3, attn="eager")))
-    leaky = [{k: v for k, v in m.items() if k != "attention_mask"} | {"position_ids": torch.arange(m["input_ids"].shape[1])[None]}
-             for m in packed]
+def test_packed_equals_unpacked_loss_with_flex_attention(tiny_path, tiny_tokenizer, examples):
+    """flex_attention runs forward only on CPU (its backward needs a GPU): the loss, not the gradients."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="flex_attention",
+                                                 dtype=torch.float32)
+    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3)))
+    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3)))
+    with torch.no_grad():
+        padded_sums, packed_sums = (torch.cat([example_loss_sums(model, m, supervised_targets(m), None)
+                                               for m in window]) for window in (padded, packed))
+    # packed bins hold the rows in another order: compare each row's loss sum, sorted
+    torch.testing.assert_close(packed_sums.sort().values, padded_sums.sort().values, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_with_continuous_positions_would_contaminate(tiny_path, tiny_tokenizer, examples):
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa", dtype=torch.float32)
+    padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3)))
+    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3)))
+    leaky = [m | {"position_ids": torch.arange(m["input_ids"].shape[1])[None]} for m in packed]
     loss_padded, _ = window_loss_and_grads(model, padded)
     loss_leaky, _ = window_loss_and_grads(model, leaky)
     assert abs(float(loss_leaky - loss_padded)) > 1e-4
@@ -92,11 +97,11 @@ def test_packing_without_the_block_mask_would_contaminate(tiny_path, tiny_tokeni
 def test_micro_batch_split_does_not_change_the_window(tiny_path, tiny_tokenizer, examples, normalization):
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa", dtype=torch.float32)
     reference_loss, reference_grads = window_loss_and_grads(
-        model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=len(examples), attn="sdpa"))),
+        model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=len(examples)))),
         normalization)
     for micro in (1, 3):
         loss, grads = window_loss_and_grads(
-            model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=micro, attn="sdpa"))),
+            model, next(iter(loader(examples, tiny_tokenizer, packing=False, micro=micro))),
             normalization)
         torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
         for name, grad in reference_grads.items():
@@ -104,8 +109,7 @@ def test_micro_batch_split_does_not_change_the_window(tiny_path, tiny_tokenizer,
 
 
 def test_windows_shard_rows_across_ranks_and_resume_mid_epoch(tiny_tokenizer, examples):
-    kwargs = dict(batching=Batching(4, 1, pack_length=320, seed=3), pad_id=tiny_tokenizer.pad_token_id,
-                  attn_implementation="sdpa")
+    kwargs = dict(batching=Batching(4, 1, pack_length=320, seed=3), pad_id=tiny_tokenizer.pad_token_id)
     ids = lambda window: sorted(tuple(m["input_ids"][0].tolist()) for m in window)
     whole = list(WindowLoader(examples, **kwargs))
     ranks = [list(WindowLoader(examples, rank=r, world_size=2, **kwargs)) for r in (0, 1)]

@@ -72,7 +72,6 @@ class WindowLoader:
     examples: Sequence[Example]
     batching: Batching
     pad_id: int
-    attn_implementation: str | None
     rank: int = 0
     world_size: int = 1
     position: Callable[[int], tuple[int, int]] = lambda windows: (0, 0)
@@ -98,7 +97,7 @@ class WindowLoader:
         mine = rows[self.rank::self.world_size]
         if self.batching.packing:
             bins = best_fit_decreasing([len(example.input_ids) for example in mine], self.batching.pack_length)
-            return [collate_packed([mine[i] for i in b], self.attn_implementation) for b in bins]
+            return [collate_packed([mine[i] for i in b]) for b in bins]
         return [collate_padded(mine[i:i + self.batching.micro_batch_size], self.pad_id)
                 for i in range(0, len(mine), self.batching.micro_batch_size)]
 
@@ -122,7 +121,7 @@ class InstructionDataModule(L.LightningDataModule):
     """Loads a dataset config, applies the method's user-turn transform, renders, tokenizes and labels it."""
 
     def __init__(self, data: Any, dataset: Any, method: Any, template: Template, tokenizer: Any, bos: str,
-                 data_dir: str | None = None, attn_implementation: str | None = None) -> None:
+                 data_dir: str | None = None) -> None:
         super().__init__()
         if method.get("requires_single_task") and not dataset.get("single_task"):
             raise ValueError(
@@ -137,7 +136,6 @@ class InstructionDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.bos = bos
         self.data_dir = data_dir
-        self.attn_implementation = attn_implementation
         self.examples: list[Example] = []
 
     def setup(self, stage: str | None = None) -> None:
@@ -171,6 +169,6 @@ class InstructionDataModule(L.LightningDataModule):
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             raise ValueError(f"tokenizer {self.tokenizer.name_or_path!r} has no pad token; set model.pad_token")
-        return WindowLoader(self.examples, self.batching, pad_id, self.attn_implementation,
+        return WindowLoader(self.examples, self.batching, pad_id,
                             rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
                             position=self._position)

@@ -1,5 +1,5 @@
-"""Packing without cross-contamination: best-fit-decreasing bins, per-sequence positions, and attention kept
-inside each sequence (an exact block-diagonal mask, or position ids alone for flash-attention varlen)."""
+"""Packing without cross-contamination: best-fit-decreasing bins, and position ids that restart at every sequence,
+from which transformers keeps attention inside each sequence."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Sequence
 import torch
 
 from rt_lab.data.masking import Example
-
-FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -33,28 +31,14 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
-def block_diagonal_mask(lengths: Sequence[int], additive: bool) -> torch.Tensor:
-    """(1, 1, T, T) mask: token i sees token j iff both are in one sequence and j <= i. Boolean (True = attend)
-    for sdpa; additive float (0 / -inf) for eager attention, which adds the mask to the scores."""
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    total = int(segment.numel())
-    causal = torch.ones(total, total, dtype=torch.bool).tril()
-    allowed = causal & (segment[:, None] == segment[None, :])
-    if not additive:
-        return allowed[None, None]
-    mask = torch.zeros(total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    return mask[None, None]
-
-
-def collate_packed(examples: Sequence[Example], attn_implementation: str | None) -> dict[str, torch.Tensor]:
-    """One flattened row. Every example's first label is already ignored, so no token is trained to follow
-    the previous sequence."""
-    lengths = [len(example.input_ids) for example in examples]
-    batch = {
+def collate_packed(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """One flattened row whose position ids restart at every sequence, and no attention mask: transformers then
+    keeps attention inside each sequence itself, for every attention implementation (a block-causal mask for
+    sdpa/eager/flex, varlen kernels for flash attention; `masking_utils.find_packed_sequence_indices`). That holds
+    only without a KV cache: the loss always runs with `use_cache=False`. Every example's first label is already
+    ignored, so no token is trained to follow the previous sequence."""
+    return {
         "input_ids": torch.tensor([sum((e.input_ids for e in examples), [])]),
         "labels": torch.tensor([sum((e.labels for e in examples), [])]),
-        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+        "position_ids": torch.cat([torch.arange(len(e.input_ids)) for e in examples])[None],
     }
-    if attn_implementation not in FLASH_IMPLEMENTATIONS:
-        batch["attention_mask"] = block_diagonal_mask(lengths, additive=attn_implementation != "sdpa")
-    return batch

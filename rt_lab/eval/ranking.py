@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rt_lab.data.datamodule import collate_padded
 from rt_lab.data.formats import LoadStats
 from rt_lab.data.sources import resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
@@ -34,6 +34,7 @@ from rt_lab.io import atomic_write_text, read_append_log
 from rt_lab.data.masking import IGNORE, Example, encode_row
 from rt_lab.data.rows import Row, RowError
 from rt_lab.data.templates import Template
+from rt_lab.train.token_losses import fused_head, supervised_token_losses
 
 log = logging.getLogger(__name__)
 
@@ -81,26 +82,20 @@ def mean_nlls(model: Any, examples: Sequence[Example], batch_size: int, cache: P
         log.info("eval.ranking: %d of %d sequences already scored in %s", len(examples) - len(todo), len(examples),
                  cache)
     device = next(model.parameters()).device
+    head = fused_head(model)
     sink = cache.open("a", encoding="utf-8") if cache else None
     try:
         for start in tqdm(range(0, len(todo), batch_size), desc="ranking", unit="batch"):
             indices = todo[start:start + batch_size]
-            width = len(examples[indices[0]].input_ids)
             # right padding: causal attention keeps the pad tokens (any id) out of every real position
-            input_ids = torch.zeros((len(indices), width), dtype=torch.long)
-            attention = torch.zeros_like(input_ids)
+            batch = {key: value.to(device) for key, value in
+                     collate_padded([examples[i] for i in indices], pad_id=0).items()}
+            losses = supervised_token_losses(model, batch, head)
+            rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
+            sums = torch.zeros(len(indices), device=device).index_add(0, rows, losses)
+            counts = torch.bincount(rows, minlength=len(indices))
             for row, index in enumerate(indices):
-                input_ids[row, :len(examples[index].input_ids)] = torch.tensor(examples[index].input_ids)
-                attention[row, :len(examples[index].input_ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-            for row, index in enumerate(indices):
-                example = examples[index]
-                targets = torch.tensor(example.labels[1:], device=device)
-                supervised = targets != IGNORE
-                # one row's supervised positions at a time through the softmax: whole-batch copies of
-                # vocabulary-wide logits cost gigabytes
-                logit_rows = logits[row, :len(example.input_ids) - 1][supervised].float()
-                done[keys[index]] = F.cross_entropy(logit_rows, targets[supervised]).item()
+                done[keys[index]] = (sums[row] / counts[row]).item()
             if sink:
                 sink.writelines(json.dumps({"key": keys[i], "nll": done[keys[i]]}) + "\n" for i in indices)
                 sink.flush()

@@ -39,11 +39,10 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
                        logger=list(loggers) or False, plugins=plugins)
 
 
-def build_datamodule(cfg: Any, tokenizer: Any, template: Any, attn_implementation: str | None) -> InstructionDataModule:
-    """The training data of a composed config; `attn_implementation` is the loaded model's (it decides the
-    packed attention mask)."""
+def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionDataModule:
+    """The training data of a composed config."""
     return InstructionDataModule(cfg.data, cfg.dataset, cfg.method, template, tokenizer, cfg.model.bos,
-                                 cfg.paths.data_dir, attn_implementation)
+                                 cfg.paths.data_dir)
 
 
 def trainable(model: Any, cfg: Any) -> Any:
@@ -64,9 +63,10 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
     fine-tune back in `model.dtype` (rt_lab/train/precision.py)."""
     check_precision(cfg.trainer.lightning.precision, cfg.trainer.allow_low_precision_weights)
     model = trainable(model, cfg)
-    data = build_datamodule(cfg, tokenizer, template, model.config._attn_implementation)
+    data = build_datamodule(cfg, tokenizer, template)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
+                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization,
+                            cfg.trainer.fused_loss)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = RunDir(run_dir).checkpoint
     if last.is_file():

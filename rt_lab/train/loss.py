@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from rt_lab.data.datamodule import Batch
 from rt_lab.data.masking import IGNORE
 from rt_lab.registry import Registry
+from rt_lab.train.token_losses import FusedHead, supervised_token_losses
 
 
 
@@ -55,17 +55,13 @@ def supervised_targets(batch: Batch) -> SupervisedTargets:
     return SupervisedTargets(keep, example, counts)
 
 
-def example_loss_sums(model: Any, batch: Batch, where: SupervisedTargets) -> torch.Tensor:
-    """The sum of next-token cross-entropies of each example in `where.counts`, in the same order.
-
-    Logits are computed only at positions whose next token carries loss (`logits_to_keep`), which skips the
-    vocabulary projection for prompts and padding."""
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    logits = model(**inputs, use_cache=False, logits_to_keep=where.keep).logits
-    targets = batch["labels"][:, 1:][:, where.keep]
-    losses = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+def example_loss_sums(model: Any, batch: Batch, where: SupervisedTargets, head: FusedHead | None) -> torch.Tensor:
+    """The sum of next-token cross-entropies of each example in `where.counts`, in the same order. Only
+    supervised positions reach the vocabulary projection (rt_lab/train/token_losses.py: fused and chunked with
+    `head`, else the model's logits at `where.keep`)."""
+    losses = supervised_token_losses(model, batch, head, where.keep)
     return torch.zeros(len(where.counts), dtype=losses.dtype, device=losses.device).index_add(
-        0, where.example, losses[targets != IGNORE])
+        0, where.example, losses)
 
 
 @dataclass(frozen=True)

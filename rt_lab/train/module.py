@@ -16,6 +16,7 @@ import torch
 from rt_lab.train.adapters import count_parameters
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.train.optim import build_schedule
+from rt_lab.train.token_losses import FusedHead, fused_head
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 class CausalLMModule(L.LightningModule):
     def __init__(self, model: Any, optimizer: Callable[..., torch.optim.Optimizer], schedule: Any,
                  max_grad_norm: float | None, steps_per_epoch: Callable[[], int],
-                 loss_normalization: str = "token") -> None:
+                 loss_normalization: str = "token", fused_loss: bool = True) -> None:
         super().__init__()
         self.steps_per_epoch = steps_per_epoch  # optimizer steps per epoch, known once the data is set up
         self.normalization = LOSS_NORMALIZATIONS.lookup(loss_normalization, "trainer.loss_normalization")
@@ -31,6 +32,9 @@ class CausalLMModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
+        self.fused_loss = fused_loss
+        self.loss_head: FusedHead | None = None
+        self.loss_head_chosen = False
         self.automatic_optimization = False  # accumulation is one window per step, normalised as a whole
         self.supervised_seen = 0
         trainable, total = count_parameters(model)
@@ -70,6 +74,10 @@ class CausalLMModule(L.LightningModule):
         started = time.perf_counter()
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
+        if not self.loss_head_chosen:
+            # here, not at setup: under FSDP the head's weights are whole only inside the wrapped forward
+            self.loss_head = fused_head(self.model) if self.fused_loss else None
+            self.loss_head_chosen = True
         wheres = [supervised_targets(micro) for micro in window]
         local = torch.stack([torch.stack([self.normalization.units(w.counts), w.counts.sum()])
                              for w in wheres]).sum(dim=0)
@@ -80,7 +88,7 @@ class CausalLMModule(L.LightningModule):
         loss_sum = torch.zeros((), device=self.device)
         for index, (micro, where) in enumerate(zip(window, wheres)):
             with self._no_sync(index < len(window) - 1):
-                micro_loss = self.normalization.numerator(example_loss_sums(self.model, micro, where), where.counts)
+                micro_loss = self.normalization.numerator(example_loss_sums(self.model, micro, where, self.loss_head), where.counts)
                 self.manual_backward(micro_loss * scale)
             loss_sum += micro_loss.detach()
         if self.max_grad_norm:
