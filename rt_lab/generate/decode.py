@@ -1,6 +1,7 @@
 """Batched, KV-cached generation over a prompt set, written as AlpacaEval `model_outputs.json`.
 
-Prompts are sorted by length into a fixed plan of left-padded batches. Each finished batch is appended to a
+Prompts are sorted by length into a fixed plan of left-padded batches, decoded by rt_lab.generate.loop (rows leave
+a batch as they finish). Each finished batch is appended to a
 JSONL file; a rerun skips the batches already answered and regenerates the others whole, so an interrupted run
 ends with the same file as an uninterrupted one. An optional rule head (rt_lab.generate.rules) joins every batch."""
 
@@ -14,12 +15,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList
 
 from rt_lab.io import atomic_write_json, read_append_log
 from rt_lab.layout import RunDir
 from rt_lab.data.tokens import tokenize
 from rt_lab.data.prompts import Prompt
+from rt_lab.generate.loop import decode
 from rt_lab.generate.rules import Rule, RuleHead
 from rt_lab.data.templates import Template
 
@@ -67,13 +68,12 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
         input_ids[row, width - len(prompt.ids):] = torch.tensor(prompt.ids)
         attention[row, width - len(prompt.ids):] = 1
     device = next(model.parameters()).device
-    processors = LogitsProcessorList()
+    head = None
     if rules:  # the head's positions live where the logits do: no host-to-device copy per decoding step
         instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts], device=device)
-        processors.append(RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start))
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                            generation_config=config, logits_processor=processors)
-    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        head = RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start)
+    tokens = decode(model, input_ids.to(device), attention.to(device), config, head)
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
 def generation_device(name: str) -> torch.device:

@@ -195,8 +195,8 @@ def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
 class RuleHead(LogitsProcessor):
     """Product of experts over one generate call. `response_start[b]` is where row b's response begins in the
     padded input (t counts from there, and the `response` scope starts there); `instruction_start[b]` is where its
-    instruction begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; a finished
-    row's scores are ignored by `generate`."""
+    instruction begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; rows that
+    leave the batch leave the head through `select_rows`."""
 
     def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, instruction_start: torch.Tensor) -> None:
         self.rules = list(rules)
@@ -205,6 +205,13 @@ class RuleHead(LogitsProcessor):
         self.tracks_history = any(rule.reads_history for rule in self.rules)
         self.last_seen: torch.Tensor | None = None
         self.seen = 0
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (in this order): the decoding loop drops rows that have finished."""
+        self.response_start = self.response_start[rows]
+        self.scope_starts = {scope: start[rows] for scope, start in self.scope_starts.items()}
+        if self.last_seen is not None:
+            self.last_seen = self.last_seen[rows]
 
     def _update_last_seen(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
         batch, length = input_ids.shape
