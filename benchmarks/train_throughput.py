@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Training throughput and peak memory: rt_lab (unpacked, packed) against TRL's SFTTrainer with completion-only loss.
+"""Training throughput and peak memory: rt_lab (unpacked, packed, unfused loss) against TRL's SFTTrainer with
+completion-only loss.
 
-All three train the same model on the same single-turn rows (the shipped sample set repeated to `--rows`), with
+All train the same model on the same single-turn rows (`--data sample`: the shipped sample set, all under 256
+tokens, repeated to `--rows`; `--data lima`: the first `--rows` single-turn LIMA conversations from
+`--data-dir`, long real rows where the vocabulary logits dominate memory), with
 the same AdamW (lr 1e-4, wd 0, constant schedule), grad-norm clip 1.0, max length, no gradient checkpointing and a
 full fine-tune. Each configuration runs in its own subprocess (this script re-invoked with `--worker`), so peak
 memory is that configuration's alone:
@@ -16,6 +19,8 @@ on_step_begin -> on_step_end (transformers), so data collation before a step and
 `wall_tok/s` is measured from the end of step 1 to the end of step N, so it includes both.
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/train_throughput.py --model tiny
+    python benchmarks/train_throughput.py --model smollm2_135m --data lima --max-length 1024 --batch-size 4 \
+        --micro-batch-size 4 --steps 12
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ FRAMEWORKS = {  # worker name -> table label, in the order they run and are prin
     "trl": "trl (unpacked)",
     "rt_lab": "rt_lab (unpacked)",
     "rt_lab_packed": "rt_lab (packed)",
+    "rt_lab_unfused": "rt_lab (unfused loss)",  # trainer.fused_loss=false: what the fused LM head + CE saves
 }
 TOLERANCE = 0.02  # supervised-token counts of the frameworks may differ by this fraction before we warn
 
@@ -52,20 +58,22 @@ TOLERANCE = 0.02  # supervised-token counts of the frameworks may differ by this
 # --------------------------------------------------------------------------------------------------- shared helpers
 
 
-def compose(args: argparse.Namespace, rows_file: str | None = None, packing: bool = False) -> Any:
+def compose(args: argparse.Namespace, rows_file: str | None = None, packing: bool = False,
+            fused_loss: bool = True) -> Any:
     """The real rt_lab config for this benchmark (IT method, full fine-tune, tag template, no logger)."""
     import rt_lab  # noqa: F401  (registers the OmegaConf resolvers the config uses)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     overrides = [
-        f"model={args.model}", "dataset=sample", "method=it", "adapter=full", "logger=none", "template=tags",
+        f"model={args.model}", f"dataset={args.data}", f"paths.data_dir={args.data_dir}", "method=it", "adapter=full", "logger=none", "template=tags",
         "trainer=cpu",  # optimizer/schedule/batch settings; the Lightning Trainer itself is built below
         "trainer.optimizer.lr=1e-4", "trainer.optimizer.weight_decay=0.0", "trainer.max_grad_norm=1.0",
         "trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0.0",
         f"data.batch_size={args.batch_size}", f"data.micro_batch_size={args.micro_batch_size}",
         "trainer.gradient_checkpointing=false", f"trainer.seed={args.seed}",
         f"data.max_length={args.max_length}", f"data.packing={str(packing).lower()}",
+        f"trainer.fused_loss={str(fused_loss).lower()}",
     ]
     if args.pack_length:
         overrides.append(f"data.pack_length={args.pack_length}")
@@ -173,7 +181,7 @@ class StepClock:
 # ---------------------------------------------------------------------------------------------------------- workers
 
 
-def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
+def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool) -> dict[str, Any]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -184,7 +192,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     from rt_lab.train.module import CausalLMModule
     from rt_lab.train.fit import build_datamodule
 
-    cfg = compose(args, args.rows_file, packing=packing)
+    cfg = compose(args, args.rows_file, packing=packing, fused_loss=fused_loss)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     path = resolve_path(cfg.model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.model, path)
@@ -192,7 +200,8 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     model = apply_adapter(load_model(cfg.model, path), cfg.adapter, cfg.trainer.gradient_checkpointing)
     data = build_datamodule(cfg, tokenizer, template)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization)
+                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization,
+                            cfg.trainer.fused_loss)
     data.setup("fit")  # tokenise now (setup() is idempotent) so the count is known and stays out of the timing
     supervised = sum(example.num_supervised for example in data.examples)
     clock = StepClock(args.device)
@@ -227,7 +236,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
         trainer.fit(module, datamodule=data)
         memory = meter.stop()
     return {
-        "framework": "rt_lab_packed" if packing else "rt_lab", "rows": len(data.examples),
+        "framework": args.worker, "rows": len(data.examples),
         "supervised_per_epoch": supervised, "supervised_count_note": "sum(Example.num_supervised)",
         "window_shapes": shapes, "torch_threads": torch.get_num_threads(), **clock.summary(), **memory,
     }
@@ -320,7 +329,8 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.worker == "trl":
         result = worker_trl(args)
     else:
-        result = worker_rt_lab(args, packing=args.worker == "rt_lab_packed")
+        result = worker_rt_lab(args, packing=args.worker == "rt_lab_packed",
+                               fused_loss=args.worker != "rt_lab_unfused")
     Path(args.result_file).write_text(json.dumps(result))
 
 
@@ -328,24 +338,28 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def prepare_rows(args: argparse.Namespace, folder: Path) -> tuple[Path, int]:
-    """Write the single-turn sample rows, repeated to `--rows`, as a `messages` JSONL; returns (file, rows)."""
+    """Write `--rows` single-turn rows of `--data` (the sample set's repeated), as a `messages` JSONL; returns
+    (file, rows)."""
     from rt_lab.data.datasets import load_rows
     from rt_lab.models import resolve_path
 
     cfg = compose(args)
     resolve_path(cfg.model, cfg.paths.cache_dir)  # build or convert the model once, outside every worker
-    rows = load_rows(cfg.dataset)
+    rows = load_rows(cfg.dataset, cfg.paths.data_dir)
     single = [row for row in rows if len(row.messages) == 2
               and [m.role for m in row.messages] == ["user", "assistant"]]
     if not single:
-        raise SystemExit("no single-turn rows in the sample set")
+        raise SystemExit(f"no single-turn rows in dataset {args.data}")
+    if args.data != "sample" and len(single) < args.rows:
+        raise SystemExit(f"dataset {args.data} has {len(single)} single-turn rows, fewer than --rows {args.rows}")
     chosen = [single[i % len(single)] for i in range(args.rows)]
     path = folder / f"rows-{args.model}.jsonl"
     with path.open("w", encoding="utf-8") as handle:
         for index, row in enumerate(chosen):
             messages = [{"role": m.role, "content": m.content} for m in row.messages]
             handle.write(json.dumps({"id": f"{row.id}-r{index}", "messages": messages}, ensure_ascii=False) + "\n")
-    print(f"rows: {len(chosen)} (the {len(single)} single-turn rows of {len(rows)} sample rows, repeated)")
+    print(f"rows: {len(chosen)} of the {len(single)} single-turn rows of {len(rows)} {args.data} rows"
+          + (", repeated" if len(chosen) > len(single) else ""))
     return path, len(chosen)
 
 
@@ -373,7 +387,8 @@ def spawn(args: argparse.Namespace, worker: str, rows_file: Path, folder: Path) 
                "--rows-file", str(rows_file), "--result-file", str(result_file), "--rows", str(args.rows),
                "--max-length", str(args.max_length), "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--micro-batch-size", str(args.micro_batch_size),
-               "--device", args.device, "--precision", args.precision, "--seed", str(args.seed)]
+               "--device", args.device, "--precision", args.precision, "--seed", str(args.seed),
+               "--data", args.data, "--data-dir", args.data_dir]
     if args.pack_length:
         command += ["--pack-length", str(args.pack_length)]
     used = cpu_busy()
@@ -406,7 +421,7 @@ def spawn(args: argparse.Namespace, worker: str, rows_file: Path, folder: Path) 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     trl_result = results["trl"]
     print()
-    print(f"model={args.model} rows={args.rows} max_length={args.max_length} device={args.device} "
+    print(f"model={args.model} data={args.data} rows={args.rows} max_length={args.max_length} device={args.device} "
           f"precision={args.precision} batch={args.batch_size} micro={args.micro_batch_size} steps={args.steps} "
           f"(timed: steps 2..{args.steps}) threads={trl_result['torch_threads']}")
     memory_label = ("peak RSS during training minus RSS before it" if args.device == "cpu"
@@ -469,8 +484,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=MODELS, action="append",
                         help="model config to benchmark; repeat for several (default: tiny, then smollm2_135m)")
-    parser.add_argument("--rows", type=int, default=64,
-                        help="training rows: the single-turn sample rows, repeated (default 64)")
+    parser.add_argument("--data", choices=("sample", "lima"), default="sample",
+                        help="sample: the shipped rows, repeated; lima: LIMA's first single-turn rows (default sample)")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"),
+                        help="folder holding hewitt/lima/lima_data.jsonl for --data lima (default ../shared/data)")
+    parser.add_argument("--rows", type=int, default=64, help="training rows (default 64)")
     parser.add_argument("--max-length", type=int, default=256, help="max tokens per row (default 256)")
     parser.add_argument("--steps", type=int, default=6,
                         help="optimizer steps; the first is warm-up, not timed (default 6)")
