@@ -164,6 +164,20 @@ def test_start_rule_scores_first_tokens(tiny_tokenizer):
     assert not r[3].any()
 
 
+@pytest.mark.parametrize("name", ["eos_ramp", "uniform", "diversity", "start"])
+def test_each_built_in_rules_in_place_update_equals_its_weighted_scores(tiny_tokenizer, name):
+    """The head adds each rule in place (`add_to`); that must be `weight * scores` exactly."""
+    cfg = OmegaConf.load("conf/rules/default.yaml")
+    rule = RULES[name](tiny_tokenizer, **dict(cfg.get(name) or {}) | {"weight": 0.7})
+    vocab = len(tiny_tokenizer)
+    present = torch.rand(4, vocab, generator=torch.Generator().manual_seed(0)) < 0.1
+    at = step([0, 1, 2, 40], present, vocab=vocab)
+    r = torch.randn(4, vocab, generator=torch.Generator().manual_seed(1))
+    expected = r + 0.7 * rule.scores(at, vocab)
+    rule.add_to(r, at)
+    torch.testing.assert_close(r, expected)
+
+
 class Spy(Rule):
     """Records what the head passes to rules at every step of a real `generate`."""
 

@@ -52,6 +52,11 @@ class Rule:
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:  # (B, V) additive contribution
         raise NotImplementedError
 
+    def add_to(self, r: torch.Tensor, step: Step) -> None:
+        """r += weight * scores, in place. The built-in rules override it to touch only what they change: the
+        head runs once per decoding step, where a (B, V) temporary per rule costs as much as the rule."""
+        r.add_(self.scores(step, r.shape[-1]), alpha=self.weight)
+
 
 @lru_cache(maxsize=8)
 def _surfaces(tokenizer: Any) -> tuple[tuple[str, ...], tuple[bool, ...]]:
@@ -93,13 +98,18 @@ class EosRamp(Rule):
         self.cap = slope if cap is None else cap
         self.eos = tokenizer.eos_token_id
 
-    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
+    def ramp(self, step: Step) -> torch.Tensor:
         t = step.generated.float()
-        ramp = torch.where((t > 0) & (t < self.horizon), (self.slope * t / self.horizon).clamp(max=self.cap),
+        return torch.where((t > 0) & (t < self.horizon), (self.slope * t / self.horizon).clamp(max=self.cap),
                            torch.zeros_like(t))
-        r = torch.zeros(len(t), vocab_size, device=t.device)
-        r[:, self.eos] = ramp
+
+    def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
+        r = torch.zeros(len(step.generated), vocab_size, device=step.generated.device)
+        r[:, self.eos] = self.ramp(step)
         return r
+
+    def add_to(self, r: torch.Tensor, step: Step) -> None:
+        r[:, self.eos] += self.weight * self.ramp(step)
 
 
 @register_rule("uniform")
@@ -128,6 +138,9 @@ class Uniform(Rule):
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
         return self.vector(vocab_size, step.input_ids.device).expand(len(step.input_ids), -1)
 
+    def add_to(self, r: torch.Tensor, step: Step) -> None:
+        r.add_(self.vector(r.shape[-1], r.device), alpha=self.weight)
+
 
 @register_rule("diversity")
 class Diversity(Rule):
@@ -145,6 +158,9 @@ class Diversity(Rule):
 
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
         return -self.penalty * step.present(self.scope).float()
+
+    def add_to(self, r: torch.Tensor, step: Step) -> None:
+        r.sub_(step.present(self.scope).to(r.dtype), alpha=self.weight * self.penalty)
 
 
 @register_rule("start")
@@ -231,12 +247,12 @@ class RuleHead(LogitsProcessor):
         step = Step(input_ids, generated, last_seen, self.scope_starts)
         r = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
         for rule in self.rules:
-            r += rule.weight * rule.scores(step, vocab_size)
+            rule.add_to(r, step)
         return r
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         r = self.rule_scores(input_ids, scores.shape[-1])
-        return torch.log_softmax(scores.float(), dim=-1) + torch.log_softmax(r, dim=-1)
+        return torch.log_softmax(scores.float(), dim=-1).add_(torch.log_softmax(r, dim=-1))
 
 
 class RequestRuleHead:
