@@ -208,8 +208,8 @@ class Store:
                                      "rating"), (rating.preference, PREFERENCES, "preference")):
             if value is not None and value not in allowed:
                 raise RatingRefused(400, f"{what} {value!r}: expected one of {list(allowed)}")
-        fields = (rating.rating_a, rating.rating_b, rating.preference)
-        if rating.submitted and None in fields:
+        values = (rating.rating_a, rating.rating_b, rating.preference)
+        if rating.submitted and None in values:
             raise RatingRefused(400, "rate both responses and choose the more helpful one (or a tie) to submit")
         with self.write() as db:
             if db.execute("SELECT 1 FROM items WHERE id = ? AND moderation IS NOT 'hide'",
@@ -217,14 +217,14 @@ class Store:
                 raise RatingRefused(404, f"no item {item_id!r} in this study")
             row = db.execute("SELECT * FROM ratings WHERE rater = ? AND item = ?", (rater.name, item_id)).fetchone()
             if row is not None and row["submitted_at"] is not None:
-                if rating.submitted and fields == (row["rating_a"], row["rating_b"], row["preference"]):
+                if rating.submitted and values == (row["rating_a"], row["rating_b"], row["preference"]):
                     return "unchanged"
                 if not (rating.submitted and revise):
                     raise RatingRefused(409, f"item {item_id} is already rated by {rater.name}; go back to it "
                                              "to revise the rating")
                 db.execute("UPDATE ratings SET rating_a = ?, rating_b = ?, preference = ?, updated_at = ?, "
                            "revisions = revisions + 1 WHERE rater = ? AND item = ?",
-                           (*fields, _now(), rater.name, item_id))
+                           (*values, _now(), rater.name, item_id))
                 return "saved"
             now = _now()
             db.execute("INSERT INTO ratings (rater, item, a_on_left, rating_a, rating_b, preference, submitted_at, "
@@ -232,7 +232,7 @@ class Store:
                        "rating_a = excluded.rating_a, rating_b = excluded.rating_b, "
                        "preference = excluded.preference, submitted_at = excluded.submitted_at, "
                        "updated_at = excluded.updated_at",
-                       (rater.name, item_id, int(a_on_left), *fields, now if rating.submitted else None, now))
+                       (rater.name, item_id, int(a_on_left), *values, now if rating.submitted else None, now))
             return "saved"
 
     def submitted(self) -> list[sqlite3.Row]:
