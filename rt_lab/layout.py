@@ -19,7 +19,8 @@ A run dir (one job, `paths.run_dir`):
     run.done                     the whole job finished: a resumed sweep does not launch it again
 
 A sweep dir holds one run dir per job (`<job number>/`), `multirun.yaml` (Hydra's record of the launch),
-`jobs.json` (every job the launcher planned) and `comparison/` (rt_lab.compare's judgments, tables and plots)."""
+`jobs.json` (every job the launcher planned), `comparison/` (rt_lab.compare's judgments, tables and plots) and
+`human/` (rt_lab.human: the human study's ratings database and its report)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 COMPARISON = "comparison"
+HUMAN = "human"
 MERGED_ADAPTER = "adapter"  # inside an exported model folder: merge_bf16's trained adapter
 _HYDRA_CONFIG = ".hydra/config.yaml"
 
@@ -114,6 +116,15 @@ class SweepDir:
     picked_epochs = At(COMPARISON, "picked_epochs.json")
     win_rate_vs_epoch_plot = At(COMPARISON, "win_rate_vs_epoch.png")
     wandb_run_id = At(COMPARISON, "wandb_run_id")  # the W&B id of the sweep's summary run
+    human = At(HUMAN)
+    human_ratings = At(HUMAN, "ratings.sqlite")  # items, raters and every rating, committed as it is given
+    human_report_md = At(HUMAN, "report.md")
+    human_ratings_csv = At(HUMAN, "ratings.csv")  # every submitted rating, one row each
+    human_acceptability_csv = At(HUMAN, "acceptability.csv")
+    human_preferences_csv = At(HUMAN, "preferences.csv")
+    human_preferences_plot = At(HUMAN, "preferences.png")
+    human_agreement_csv = At(HUMAN, "agreement.csv")
+    human_judge_agreement_csv = At(HUMAN, "judge_agreement.csv")
 
     def run_dirs(self) -> list[RunDir]:
         """Every job dir (one holding `.hydra/config.yaml`) outside `comparison/`, in job-number order."""

@@ -1,15 +1,18 @@
 """What several test files share that is not a fixture: where the repository and the shared data are, the small
-overrides that make a launched run take seconds, and running `launch.py` (or any `python` command) to the end."""
+overrides that make a launched run take seconds, running `launch.py` (or any `python` command) to the end, and
+writing a job dir of a sweep as Hydra and rt_lab leave it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytest
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RT_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -38,3 +41,22 @@ def run_python(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
 def launch(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
     """`python launch.py *args`, as `run_python` runs it."""
     return run_python([str(REPO / "launch.py"), *args], cwd, timeout)
+
+
+def write_run(root: Path, number: int, compose: Callable, overrides: list[str], outputs: list[dict] | None,
+              done: bool = True) -> Path:
+    """A job dir as Hydra and rt_lab leave it: the saved config and overrides, outputs, the completion marker."""
+    job = root / str(number)
+    cfg = compose(overrides)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if outputs is not None:
+        (job / "model_outputs.json").write_text(json.dumps(outputs))
+    if done:
+        (job / "run.done").touch()
+    return job
+
+
+def outputs_for(*answers: str) -> list[dict]:
+    return [{"instruction": f"question {i}", "output": answer} for i, answer in enumerate(answers)]

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from helpers import FAST, REPO, SHARED_DATA, launch, needs_shared_data, run_python
+from helpers import FAST, REPO, SHARED_DATA, launch, needs_shared_data, outputs_for, run_python, write_run
 from judge_server import judge_overrides
 from rt_lab.compare import aggregate, find_runs, missing_jobs, pair_runs
 
@@ -60,25 +59,6 @@ def test_sweep_ends_with_table_plot_and_wandb_runs_then_resumes_without_calls_ca
     again = run_python(["-m", "rt_lab.compare", str(sweep), "logger=none"], tmp_path)
     assert length_judge.requests == calls
     assert (out / "summary.csv").read_text() == before and "| tiny | rt | sample |" in again
-
-
-def write_run(root: Path, number: int, compose, overrides: list[str], outputs: list[dict] | None,
-              done: bool = True) -> Path:
-    """A job dir as Hydra and rt_lab leave it: the saved config and overrides, outputs, the completion marker."""
-    job = root / str(number)
-    cfg = compose(overrides)
-    (job / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), job / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
-    if outputs is not None:
-        (job / "model_outputs.json").write_text(json.dumps(outputs))
-    if done:
-        (job / "run.done").touch()
-    return job
-
-
-def outputs_for(*answers: str) -> list[dict]:
-    return [{"instruction": f"question {i}", "output": answer} for i, answer in enumerate(answers)]
 
 
 def test_pairing_by_selector_names_missing_and_unfinished_references(tmp_path, compose):

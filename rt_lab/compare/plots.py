@@ -38,7 +38,7 @@ def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
         axis.set_ylabel("win rate (%)")
         axis.set_title("\n".join(part for part in (model, setting, f"vs {reference}") if part), fontsize=9)
         axis.legend(fontsize=7, loc="upper center", ncol=min(3, len(methods)), frameon=False)
-    return [_save(figure, path)]
+    return [save_figure(figure, path)]
 
 
 def win_rate_vs_epoch(table: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -67,10 +67,11 @@ def win_rate_vs_epoch(table: Sequence[dict[str, Any]], path: Path) -> Path:
         axis.set_ylim(0, 100)
         axis.set_title(model, fontsize=9)
         axis.legend(fontsize=7, frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure: Any, path: Path) -> Path:
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write the figure to `path` (PNG) atomically and close it."""
     import matplotlib.pyplot as plt
 
     figure.tight_layout()

@@ -1,0 +1,155 @@
+"""The rating app in a real browser: headless Chromium (Debian's chromium + chromium-driver) driving the real
+`python -m rt_lab.human serve`. A rater rates with the keyboard, reloads mid-screen, the server is killed with
+SIGKILL and restarted, the rater resumes, goes back to revise, and the report exports exactly what was
+entered. Skipped only where Chromium or its driver is not installed."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from helpers import REPO
+from human_server import HumanServer, make_sweep
+from rt_lab.layout import SweepDir
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="no Chromium and chromedriver on PATH (Debian: apt-get install -y chromium "
+                                       "chromium-driver)")
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def press(driver, *keys: str) -> None:
+    for key in keys:
+        ActionChains(driver).send_keys(key).perform()
+
+
+def screen(driver) -> dict[str, str]:
+    """What the page shows: the item id (the form's hidden field), progress, both responses, the choices made."""
+    def text(element_id: str) -> str:
+        found = driver.find_elements(By.ID, element_id)
+        return found[0].text if found else ""
+
+    checked = {element.get_attribute("name"): element.get_attribute("value")
+               for element in driver.find_elements(By.CSS_SELECTOR, "input[type=radio]") if element.is_selected()}
+    return {"item": driver.find_element(By.NAME, "item").get_attribute("value"), "progress": text("progress-text"),
+            "left": text("response-left"), "right": text("response-right"), "status": text("status"),
+            "revising": "submitting replaces your rating" in driver.page_source, **checked}
+
+
+def wait_for(driver, condition) -> dict[str, str]:
+    """The screen once a fully loaded page (its script attached, so keys reach it) meets `condition`."""
+    def ready(d):
+        if d.execute_script("return document.readyState") != "complete":
+            return False
+        shown = screen(d)
+        return shown if condition(shown) else False
+
+    return WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
+
+
+def submit_and_wait(driver, previous_item: str) -> dict[str, str]:
+    press(driver, Keys.ENTER)
+    return wait_for(driver, lambda shown: shown["item"] != previous_item)
+
+
+def test_rate_with_the_keyboard_reload_survive_a_killed_server_resume_revise_and_export(tmp_path, compose, browser):
+    sweep = make_sweep(tmp_path / "sweep", compose)
+    args = ["--pairs", "rt:it", "--raters", "alice,bob"]
+    server = HumanServer(sweep, args, tmp_path / "server.log")
+    db = sqlite3.connect(SweepDir(sweep).human_ratings)
+    try:
+        browser.get(server.raters["alice"])
+        first = screen(browser)
+        assert first["progress"] == "0 of 6 rated"
+        press(browser, Keys.ENTER)  # nothing chosen yet: the screen stays, saying why
+        assert screen(browser)["item"] == first["item"]
+        assert "Rate both responses" in screen(browser)["status"]
+
+        press(browser, "a", "l", "z")
+        second = submit_and_wait(browser, first["item"])
+        assert second["progress"] == "1 of 6 rated"
+        # on disk already, before anything else happens
+        assert db.execute("SELECT COUNT(*) FROM ratings WHERE rater = 'alice' AND submitted_at IS NOT NULL"
+                          ).fetchone() == (1,)
+        press(browser, "s", "k", "x")
+        third = submit_and_wait(browser, second["item"])
+
+        # half a screen, then a reload: the draft comes back
+        press(browser, "d")
+        wait_for(browser, lambda shown: shown["status"] == "Draft saved.")
+        browser.refresh()
+        reloaded = screen(browser)
+        assert (reloaded["item"], reloaded["progress"], reloaded.get("left")) == \
+            (third["item"], "2 of 6 rated", "not_acceptable")
+        assert reloaded["status"] == "Draft restored."
+
+        server.kill()  # no shutdown code runs
+        server = HumanServer(sweep, args, tmp_path / "server.log")
+        browser.get(server.raters["alice"])  # same token, new port
+        resumed = screen(browser)
+        assert (resumed["item"], resumed["progress"], resumed.get("left")) == \
+            (third["item"], "2 of 6 rated", "not_acceptable")
+        press(browser, "j", "c")
+        fourth = submit_and_wait(browser, third["item"])
+        assert fourth["progress"] == "3 of 6 rated"
+
+        # back to the third item: its rating is shown and can be revised
+        press(browser, Keys.BACKSPACE)
+        back = wait_for(browser, lambda shown: shown["item"] == third["item"])
+        assert back["revising"] and (back["left"], back["right"], back["preference"]) == \
+            ("not_acceptable", "excellent", "right")
+        press(browser, "z")
+        after = submit_and_wait(browser, third["item"])
+        assert (after["item"], after["progress"]) == (fourth["item"], "3 of 6 rated")
+
+        browser.get(server.raters["bob"])  # another rater: nothing of alice's
+        assert screen(browser)["progress"] == "0 of 6 rated"
+    finally:
+        server.close()
+
+    # the export holds what was entered, turned from screen sides into methods with the server's side order
+    subprocess.run([sys.executable, "-m", "rt_lab.human", "report", str(sweep)], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    with SweepDir(sweep).human_ratings_csv.open() as handle:
+        exported = {row["item"]: row for row in csv.DictReader(handle)}
+    entered = {first["item"]: ("excellent", "not_acceptable", "left", first),
+               second["item"]: ("sufficient", "sufficient", "tie", second),
+               third["item"]: ("not_acceptable", "excellent", "left", third)}  # revised: right -> left
+    assert set(exported) == set(entered)
+    for item, (left, right, preference, shown) in entered.items():
+        row = exported[item]
+        a_left = row["a_on_left"] == "1"
+        response_a, response_b = db.execute("SELECT response_a, response_b FROM items WHERE id = ?",
+                                            (item,)).fetchone()
+        assert (shown["left"], shown["right"]) == ((response_a, response_b) if a_left else (response_b, response_a))
+        assert (row["rating_a"], row["rating_b"]) == ((left, right) if a_left else (right, left))
+        assert row["preference"] == {"left": "a" if a_left else "b", "right": "b" if a_left else "a",
+                                     "tie": "tie"}[preference]
+        assert row["rater"] == "alice" and row["revisions"] == ("1" if item == third["item"] else "0")
