@@ -97,7 +97,7 @@ def run(cfg: Any) -> Path:
             if cfg.method.train else base_model(cfg)
         answer = make_generator(cfg, tokenizer, model)
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
-                                   cfg.run.name, run_dir)
+                                   cfg.run.name, run_dir, cfg.generation.instruction_prefix)
         log_generation(outputs, loggers)
         if epochs:
             epochs.after_run(outputs)

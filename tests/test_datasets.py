@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from helpers import SHARED_DATA, needs_shared_data
 from rt_lab.data.datasets import SAMPLERS, load_rows
 from rt_lab.data.formats import FORMATS, LoadStats, training_rows
+from rt_lab.data.methods import blank
 from rt_lab.data.prompts import load_prompts
 from rt_lab.data.rows import RowError
 
@@ -73,6 +74,28 @@ def test_lima_as_an_et_al(compose):
     assert len(truncated) == 1030
     assert all(roles(row) == ["user", "assistant"] for row in truncated)
     assert all(row.messages == full_row.messages[:2] for row, full_row in zip(truncated, full))
+
+
+@needs_shared_data
+def test_lima_rephrased_is_lima_with_the_restating_responses_rewritten(compose):
+    """Hewitt et al.'s no-rephrase data: LIMA without lima_0, where every changed response keeps its original as
+    `content_old`; response tuning (user turns blanked) on it gives exactly their RT file."""
+    rows = load_rows(compose(["dataset=lima_rephrased"]).dataset, data_dir=DATA_DIR)
+    lima = {row.id: row for row in load_rows(compose(["dataset=lima"]).dataset, data_dir=DATA_DIR)}
+    records = [json.loads(line) for line in
+               (SHARED_DATA / "hewitt" / "lima" / "lima_rephrased.jsonl").read_text().splitlines()]
+    assert len(rows) == 1029 and [row.id for row in rows] == list(lima)[1:]
+    rewritten = 0
+    for row, record in zip(rows, records):
+        originals = [m.get("content_old", m["content"]) for m in record["messages"]]
+        assert originals == [m.content for m in lima[row.id].messages]
+        assert [m.content for m in row.messages] == [m["content"] for m in record["messages"]]
+        rewritten += any("content_old" in m for m in record["messages"])
+    assert rewritten == 98
+    blanked = [blank(row) for row in rows]
+    their_rt = load_rows(compose(["dataset=lima_rephrased", "dataset.file=" + str(
+        SHARED_DATA / "hewitt" / "lima" / "lima_no_instruction_rephrased.jsonl")]).dataset)
+    assert blanked == their_rt
 
 
 @needs_shared_data

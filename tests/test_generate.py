@@ -78,3 +78,53 @@ def test_generation_device_auto_is_the_gpu_when_there_is_one():
     assert generation_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert generation_device("cuda:1") == torch.device("cuda", 1)
     assert generation_device("cpu") == torch.device("cpu")
+
+
+PREFIX = "Answer in one short sentence. "
+
+
+def test_instruction_prefix_is_read_by_the_model_but_not_written_to_the_records(tiny_path, tiny_tokenizer,
+                                                                                prompts, tmp_path):
+    """Hewitt et al.'s --instruction_prefix: the model answers `prefix + instruction` exactly as it answers a
+    prompt set that spells the prefix out, while model_outputs.json keeps the plain instruction."""
+    from rt_lab.data.prompts import Prompt
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    template = TagTemplate()
+    generate = hf_batch_generator(model, tiny_tokenizer, GENERATION)
+    seen = []
+
+    def answer(batch):
+        seen.extend(batch)
+        return generate(batch)
+
+    prefixed = json.loads(generate_outputs(answer, tiny_tokenizer, template, prompts, GENERATION.batch_size, "auto",
+                                           "tiny-test", tmp_path / "prefix", instruction_prefix=PREFIX).read_text())
+    spelled = [Prompt(p.id, PREFIX + p.instruction, p.dataset) for p in prompts]
+    literal = json.loads(generate_outputs(generate, tiny_tokenizer, template, spelled, GENERATION.batch_size, "auto",
+                                          "tiny-test", tmp_path / "literal").read_text())
+    assert [r["instruction"] for r in prefixed] == [p.instruction for p in prompts]
+    assert [r["output"] for r in prefixed] == [r["output"] for r in literal]
+    texts = sorted(tiny_tokenizer.decode(p.ids, skip_special_tokens=True) for p in seen)
+    assert texts == sorted(f"<|user|>\n{PREFIX}{p.instruction}\n<|assistant|>\n" for p in prompts)
+    # the rule head's instruction scope starts where the prefix starts: the user's turn as the model reads it
+    assert all(tiny_tokenizer.decode(p.ids[p.instruction_start:]).startswith(PREFIX.split()[0]) for p in seen)
+
+
+def test_a_launched_run_prefixes_its_eval_prompts(tmp_path):
+    """`generation.instruction_prefix` reaches generation in a real run (method=base: the tiny model as built): its
+    answers are those of a run whose prompt file spells the prefix out."""
+    from helpers import FAST, launch
+
+    sample = load_prompts(OmegaConf.create({"name": "sample", "file": "pkg://sample_data/sample_prompts.jsonl",
+                                           "format": "instruction", "limit": 3}))
+    spelled = tmp_path / "spelled.jsonl"
+    spelled.write_text("".join(json.dumps({"instruction": PREFIX + p.instruction}) + "\n" for p in sample))
+    common = [*FAST, "method=base", "logger=none"]
+    # quoted: Hydra strips the spaces around an unquoted override value, the prefix's trailing one too
+    launch([*common, f'generation.instruction_prefix="{PREFIX}"', f"hydra.run.dir={tmp_path / 'prefix'}"], tmp_path)
+    launch([*common, "prompts=file", f"prompts.file={spelled}", f"hydra.run.dir={tmp_path / 'spelled'}"], tmp_path)
+    prefixed, literal = (json.loads((tmp_path / run / "model_outputs.json").read_text()) for run in ("prefix", "spelled"))
+    assert [r["instruction"] for r in prefixed] == [p.instruction for p in sample]
+    assert [r["instruction"] for r in literal] == [PREFIX + p.instruction for p in sample]
+    assert [r["output"] for r in prefixed] == [r["output"] for r in literal]

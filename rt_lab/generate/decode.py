@@ -95,9 +95,11 @@ def hf_batch_generator(model: Any, tokenizer: Any, cfg: Any, rules: Sequence[Rul
 
 
 def generate_outputs(answer: BatchGenerator, tokenizer: Any, template: Template, prompts: Sequence[Prompt],
-                     batch_size: int, bos: str, generator: str, out_dir: Path) -> Path:
-    """Answer every prompt and write `model_outputs.json` (AlpacaEval format) in `out_dir`."""
-    encoded = {p.id: encode_prompt(p.instruction, template, tokenizer, bos) for p in prompts}
+                     batch_size: int, bos: str, generator: str, out_dir: Path, instruction_prefix: str = "") -> Path:
+    """Answer every prompt and write `model_outputs.json` (AlpacaEval format) in `out_dir`. The model reads
+    `instruction_prefix + instruction` in the template (Hewitt et al.'s `--instruction_prefix`); the records keep
+    the instruction as the prompt set gives it, which is what a judge and a reference's outputs are matched on."""
+    encoded = {p.id: encode_prompt(instruction_prefix + p.instruction, template, tokenizer, bos) for p in prompts}
     ordered = sorted(prompts, key=lambda p: (-len(encoded[p.id].ids), p.id))
     plan = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
     partial = RunDir(out_dir).generations
