@@ -114,7 +114,11 @@ class SweepDir:
     epoch_table_csv = At(COMPARISON, "epoch_table.csv")
     epochs_md = At(COMPARISON, "epochs.md")
     picked_epochs = At(COMPARISON, "picked_epochs.json")
-    win_rate_vs_epoch_plot = At(COMPARISON, "win_rate_vs_epoch.png")
+    win_rate_vs_epoch_plot = At(COMPARISON, "win_rate_vs_epoch.png")  # each paper figure: its numbers in a .json
+    rule_ablation_plot = At(COMPARISON, "rule_ablation.png")
+    refusals_csv = At(COMPARISON, "refusals.csv")
+    refusal_vs_mix_plot = At(COMPARISON, "refusal_vs_mix.png")
+    paper_csv = At(COMPARISON, "paper.csv")  # the paper's figures beside rt_lab's (compare.paper_table)
     wandb_run_id = At(COMPARISON, "wandb_run_id")  # the W&B id of the sweep's summary run
     human = At(HUMAN)
     human_ratings = At(HUMAN, "ratings.sqlite")  # items, raters and every rating, committed as it is given

@@ -13,8 +13,10 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rt_lab.compare import plots
+from rt_lab.compare import figures, plots, refusals
 from rt_lab.compare.judging import compare_pair
+from rt_lab.compare.paper import beside, paper_table
+from rt_lab.compare.paper import markdown as paper_markdown
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
 from rt_lab.compare.runs import find_runs, missing_jobs, pair_runs, reference_sweep_dirs, varying_overrides
 from rt_lab.io import atomic_write_text
@@ -24,40 +26,63 @@ from rt_lab.layout import SweepDir
 from rt_lab.overrides import override_key
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
-    """Judge every finished run of the sweep against its reference; returns the comparison dir (None when
-    nothing could be compared)."""
+    """Judge every finished run of the sweep against its reference, and add the papers' figures and numbers the
+    sweep has the axes and the preset for; returns the comparison dir (None when there was nothing to report)."""
     from rt_lab.compare.wandb_log import log_comparison
 
     sweep_dir = existing_sweep(sweep_dir)
     runs = find_runs(sweep_dir)
+    paper = paper_table(cfg.compare.paper_table) if cfg.compare.get("paper_table") else None
+    refusal_rows = refusals.refusal_table(runs)
     notes = missing_jobs(sweep_dir, runs)
     pairs, unpaired = pair_runs(runs, cfg.compare)
     notes += unpaired
-    layout = SweepDir(sweep_dir)
-    if not pairs:
+    if not pairs and not refusal_rows:
         print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *notes, sep="\n")
         return None
-    judge = configured_judge(cfg)
-    comparisons = []
-    varying = varying_overrides([run for run, _ in pairs])
-    for run, reference in pairs:
-        # a run judged per epoch during training has its last epoch's judgments, of these same outputs, cached
-        comparisons.append(compare_pair(run, reference, judge, layout.judgments, cfg.compare.length_controlled,
-                                        varying, also_cached=[run.layout.epoch_judgments]))
-    metrics = [c.metrics for c in comparisons]
-    table = aggregate(metrics)
-    write_csv(layout.summary_csv, metrics)
-    write_csv(layout.table_csv, table)
-    text = markdown(table, notes, judge.identity(), reference_sweep_dirs(cfg.compare))
+    layout = SweepDir(sweep_dir)
+    judge = configured_judge(cfg) if pairs or figures.has_epochs(runs) else None
+    if judge and figures.has_epochs(runs):
+        # first: a run's last-epoch judgments are then cached for the table below (same outputs, same reference)
+        epoch_report(sweep_dir, cfg, judge)
+    sections, images, table = [], [], []
+    if pairs:
+        comparisons = []
+        varying = varying_overrides([run for run, _ in pairs])
+        for run, reference in pairs:
+            # a run judged per epoch has its last epoch's judgments, of these same outputs, cached
+            comparisons.append(compare_pair(run, reference, judge, layout.judgments, cfg.compare.length_controlled,
+                                            varying, also_cached=[run.layout.epoch_judgments]))
+        metrics = [c.metrics for c in comparisons]
+        table = aggregate(metrics)
+        write_csv(layout.summary_csv, metrics)
+        write_csv(layout.table_csv, table)
+        sections.append(markdown(table, notes, judge.identity(), reference_sweep_dirs(cfg.compare)))
+        images += plots.win_rates(table, layout.win_rates_plot)
+        atomic_write_text(layout.alpaca_eval_commands, alpaca_eval_commands(comparisons))
+        if figures.has_rule_axis(runs):
+            panels = figures.rule_ablation_series(table, figures.rule_sets(runs), paper)
+            if panels:
+                images.append(plots.rule_ablation(panels, layout.rule_ablation_plot))
+    else:
+        sections.append("\n".join(["No win rates: no finished run with a finished reference.", *notes]) + "\n")
+    if refusal_rows:
+        write_csv(layout.refusals_csv, refusal_rows)
+        sections.append(refusals.markdown(refusal_rows))
+        if refusals.varies(refusal_rows):
+            images.append(plots.refusal_vs_mix(figures.refusal_series(refusal_rows, paper),
+                                               layout.refusal_vs_mix_plot))
+    if paper:
+        lines, unmatched = beside(paper, [*table, *refusal_rows])
+        if lines:
+            write_csv(layout.paper_csv, lines)
+        sections.append(paper_markdown(paper, lines, unmatched))
+    text = "\n".join(sections)
     atomic_write_text(layout.summary_md, text)
-    images = plots.win_rates(table, layout.win_rates_plot)
-    atomic_write_text(layout.alpaca_eval_commands, alpaca_eval_commands(comparisons))
-    if cfg.get("logger") and cfg.logger.get("wandb"):
+    if pairs and cfg.get("logger") and cfg.logger.get("wandb"):
         log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
-    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {layout.summary_csv}, {layout.summary_md}, "
-          + ", ".join(str(image) for image in images), flush=True)
-    if cfg.compare.reference.get("file") and any(run.layout.epochs.is_dir() for run in runs):
-        epoch_report(sweep_dir, cfg, judge)  # runs with generation.at_epochs: the per-epoch table too
+    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {layout.summary_md}, "
+          + ", ".join(str(path) for path in [*([layout.summary_csv] if pairs else []), *images]), flush=True)
     return layout.comparison
 
 

@@ -1,5 +1,6 @@
-"""Comparison plots: win rate per method x dataset, one panel per model (and setting), with error bars; win rate
-vs epoch for epoch selection."""
+"""Comparison plots: win rate per method x dataset, one panel per model (and setting), with error bars; and the
+papers' figures where the sweep has their axis (rt_lab.compare.figures decides and computes their numbers): win
+rate vs epoch, refusal rate vs refusals mixed in, the rule ablation bars."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab.io import atomic_write_json
+
 
 def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
     """The win-rate plot (`path`, a PNG) from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds (× references),
     error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on cluster nodes
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels: dict[tuple[str, str, str], list[dict]] = {}
     for row in table:
         panels.setdefault((row["model"], row["setting"], row["reference"]), []).append(row)
@@ -29,7 +28,7 @@ def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
             cells = {row["dataset"]: row for row in rows if row["method"] == method}
             x = [i + (offset - (len(methods) - 1) / 2) * width for i, d in enumerate(datasets) if d in cells]
             means = [cells[d]["win_rate"] for d in datasets if d in cells]
-            errors = [_error(cells[d]) for d in datasets if d in cells]
+            errors = [error_bar(cells[d]) for d in datasets if d in cells]
             axis.bar(x, means, width, yerr=errors, capsize=3, label=method)
         axis.axhline(50, color="grey", linestyle="--", linewidth=1)
         axis.set_xticks(range(len(datasets)), datasets)
@@ -41,37 +40,90 @@ def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
     return [save_figure(figure, path)]
 
 
-def win_rate_vs_epoch(table: Sequence[dict[str, Any]], path: Path) -> Path:
-    """The win rate vs epoch plot (`path`, a PNG) from `rt_lab.compare.epoch_selection.epoch_table` rows: one panel per model, one line per
-    method x dataset x setting, error bars as in `win_rates`; the dashed line is parity with the reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = sorted({row["model"] for row in table})
-    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
-    for axis, model in zip(axes[0], models):
-        lines: dict[tuple[str, str, str], list[dict]] = {}
-        for row in table:
-            if row["model"] == model:
-                lines.setdefault((row["method"], row["dataset"], row["setting"]), []).append(row)
-        for (method, dataset, setting), rows in sorted(lines.items()):
-            axis.errorbar([row["epoch"] for row in rows], [row["win_rate"] for row in rows],
-                          yerr=[_error(row) for row in rows], marker="o", capsize=3,
-                          label=" ".join(part for part in (method, dataset, setting) if part))
+def win_rate_vs_epoch(panels: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The win rate vs epoch plot (`path`, a PNG; its numbers in the JSON beside it) from
+    `rt_lab.compare.figures.epoch_series`: one panel per model, one line per method x dataset x setting, error bars
+    as in `win_rates`; the dashed line is parity with the reference."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for line in panel["lines"]:
+            axis.errorbar(line["epoch"], line["win_rate"], yerr=line["error"], marker="o", capsize=3,
+                          label=line["label"])
         axis.axhline(50, color="grey", linestyle="--", linewidth=1)
-        axis.set_xticks(sorted({row["epoch"] for row in table}))
+        axis.set_xticks(sorted({epoch for line in panel["lines"] for epoch in line["epoch"]}))
         axis.set_xlabel("epoch")
         axis.set_ylabel("win rate (%)")
         axis.set_ylim(0, 100)
-        axis.set_title(model, fontsize=9)
+        axis.set_title(f"{panel['model']}\nvs {panel['reference']}", fontsize=9)
         axis.legend(fontsize=7, frameon=False)
-    return save_figure(figure, path)
+    return save_figure(figure, path, panels)
 
 
-def save_figure(figure: Any, path: Path) -> Path:
-    """Write the figure to `path` (PNG) atomically and close it."""
+def refusal_vs_mix(panels: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Refusal rate vs the number of refusals mixed into training (An et al. Fig. 5, Tables 15-16; `path`, a PNG;
+    its numbers in the JSON beside it) from `rt_lab.compare.figures.refusal_series`: one panel per model x
+    dataset, one colour per method (x setting): solid the harmful sets' mean refusal rate, dashed the false-refusal
+    rate on XSTest's safe prompts, error bars the std over seeds; hollow markers the paper's figures."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        colours = {}
+        for line in panel["lines"]:
+            colour = colours.setdefault(line["label"], f"C{len(colours)}")
+            harmful = line["metric"] == "mean_refusal_rate"
+            axis.errorbar(line["x"], line["y"], yerr=line["error"], marker="o", capsize=3, color=colour,
+                          linestyle="-" if harmful else "--",
+                          label=f"{line['label']}: {'refusal' if harmful else 'false refusal (XSTest safe)'}")
+        for line in panel["paper"]:
+            axis.plot(line["x"], line["y"], linestyle="none", marker="o", markerfacecolor="none", markersize=9,
+                      color=colours.get(line["label"], "black"), label=f"{line['label']}: paper ({line['metric']})")
+        axis.set_xticks(sorted({x for line in panel["lines"] for x in line["x"]}))
+        axis.set_xlabel("refusals mixed into training")
+        axis.set_ylabel("rate")
+        axis.set_ylim(0, 1.05)
+        axis.set_title(f"{panel['model']} {panel['dataset']}", fontsize=9)
+        axis.legend(fontsize=6, frameon=False)
+    return save_figure(figure, path, panels)
+
+
+def rule_ablation(panels: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Win rate of each set of rules (Hewitt et al. Table 4; `path`, a PNG; its numbers in the JSON beside it) from
+    `rt_lab.compare.figures.rule_ablation_series`: one panel per model x setting x reference, one bar per rule set
+    (mean over seeds x references, error bars their std), the paper's figure as a black tick where it has one; the
+    dashed line is parity."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 1.3 * max(len(p["bars"]) for p in panels))
+                                                         * len(panels), 4), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        bars = panel["bars"]
+        axis.bar(range(len(bars)), [bar["mean"] for bar in bars], 0.6, yerr=[bar["error"] for bar in bars],
+                 capsize=3, color=[f"C{i}" for i in range(len(bars))])
+        papers = [(i, bar["paper"]) for i, bar in enumerate(bars) if bar["paper"] is not None]
+        if papers:
+            axis.scatter(*zip(*papers), marker="_", s=500, color="black", zorder=3, label="paper")
+            axis.legend(fontsize=7, frameon=False)
+        axis.axhline(50, color="grey", linestyle="--", linewidth=1)
+        axis.set_xticks(range(len(bars)), [bar["label"] for bar in bars], fontsize=7)
+        axis.set_ylabel(f"{panel['metric'].replace('_', ' ')} (%)")
+        axis.set_ylim(0, 100)
+        axis.set_title("\n".join(part for part in (panel["model"], panel["setting"], f"vs {panel['reference']}")
+                                 if part), fontsize=9)
+    return save_figure(figure, path, panels)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: Path, series: Sequence[dict[str, Any]] | None = None) -> Path:
+    """Write the figure to `path` (PNG) atomically and close it; the numbers it plots (`series`), if given, go to
+    a JSON file of the same name beside it."""
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
@@ -80,13 +132,18 @@ def save_figure(figure: Any, path: Path) -> Path:
     figure.savefig(tmp, dpi=120)
     plt.close(figure)
     tmp.replace(path)
+    if series is not None:
+        atomic_write_json(path.with_suffix(".json"), list(series))
     return path
 
 
-def _error(row: dict[str, Any]) -> float:
-    for key in ("win_rate_std", "standard_error"):
-        if not math.isnan(row[key]):
-            return row[key]
+def error_bar(row: dict[str, Any], metric: str = "win_rate") -> float:
+    """The error bar of `metric` in a table row: its std over seeds (x references); for a win rate from one
+    comparison, the judge's standard error; 0 when neither exists."""
+    for key in (f"{metric}_std", *(["standard_error"] if metric == "win_rate" else [])):
+        value = row.get(key, math.nan)
+        if not math.isnan(value):
+            return value
     return 0.0
 
 

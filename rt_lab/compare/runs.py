@@ -119,14 +119,15 @@ def reference_sweeps(cfg: Any) -> dict[Path, list[Run]]:
     return sweeps
 
 
-def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]], list[str]]:
-    """(run, reference) pairs of finished runs (several per run under `reference.multiple=all`), and lines
-    naming what is missing: a run's reference, or some of its references, unfinished or not found. Reference
-    candidates: the sweep's own runs and those of `reference.sweep`."""
-    finished = [run for run in runs if run.done]
+def pair_runs(runs: Sequence[Run], cfg: Any, compared: Sequence[Run] | None = None
+              ) -> tuple[list[tuple[Run, Reference]], list[str]]:
+    """(run, reference) pairs of the `compared` runs (default: the finished ones; several pairs per run under
+    `reference.multiple=all`), and lines naming what is missing: a run's reference, or some of its references,
+    unfinished or not found. Reference candidates: the sweep's own `runs` and those of `reference.sweep`."""
+    compared = [run for run in runs if run.done] if compared is None else list(compared)
     if cfg.reference.get("file"):
         reference = reference_file(cfg.reference.file)
-        return [(run, reference) for run in finished], []
+        return [(run, reference) for run in compared], []
     select = flatten(cfg.reference.select)
     if not select:
         raise ValueError("compare.reference.select is empty and compare.reference.file is unset: nothing says "
@@ -140,7 +141,7 @@ def pair_runs(runs: Sequence[Run], cfg: Any) -> tuple[list[tuple[Run, Reference]
     pool = [(other, name) for other, name in reference_pool(runs, others) if matches(other, select)]
     loaded: dict[Path, Reference] = {}
     pairs, unpaired = [], []
-    for run in finished:
+    for run in compared:
         if matches(run, select):
             continue
         wanted = {key: run.value(key) for key in keys}
