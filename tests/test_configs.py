@@ -361,6 +361,28 @@ def test_sweep_preset_composes(compose, monkeypatch, preset):
             OmegaConf.to_container(cfg[key], resolve=True)
 
 
+def test_the_presets_of_hewitt_et_als_remaining_experiments_and_the_refusal_mix(compose, monkeypatch):
+    """Their scripts' settings: no_rephrase_expt (OLMo, lr 3e-6, IT 15 / RT 7 epochs, 5 seeds) and
+    expt3_llama/finetune_gsm_checkpoint.sh (Llama-2, lr 1e-5, GSM for 10 epochs, every epoch, seed 1, against the
+    LIMA IT run); An et al.'s refusal mix pairs RT with the IT run of the same mix and evaluates safety."""
+    monkeypatch.delenv("RT_LAB_DATA_DIR", raising=False)
+    rephrase = compose(["sweeps=h_no_rephrase"])
+    assert (rephrase.model.name, rephrase.dataset.name, rephrase.trainer.optimizer.lr) == \
+        ("olmo_7b", "lima_rephrased", 3e-6)
+    assert rephrase.dataset.mirror.file == "hewitt/lima/lima_rephrased.jsonl"
+    assert [list(arm) for arm in rephrase.hydra.sweeper.paired] == [
+        ["method=it", "trainer.lightning.max_epochs=15"], ["method=rt", "trainer.lightning.max_epochs=7"]]
+    assert rephrase.hydra.sweeper.params["trainer.seed"] == "1,2,3,4,5"
+    gsm = compose(["sweeps=h_gsm_epochs"])
+    assert (gsm.model.name, gsm.method.name, gsm.dataset.name, gsm.trainer.optimizer.lr, gsm.trainer.seed) == \
+        ("llama2_7b", "single_task", "gsm8k", 1e-5, 1)
+    assert (gsm.trainer.lightning.max_epochs, list(gsm.generation.at_epochs)) == (10, list(range(1, 11)))
+    assert dict(gsm.compare.reference.select) == {"method": "it", "dataset": "lima"}
+    mix = compose(["sweeps=a_refusal_mix"])
+    assert mix.eval.safety.classifier == "judge" and "dataset.refusal_mix" in mix.compare.reference.match
+    assert mix.compare.paper_table == "a_tables15_16"
+
+
 def test_sweeps_group_resolves_through_rt_lab_root(compose, monkeypatch, tmp_path):
     """`sweeps=NAME` finds <RT_LAB_ROOT>/sweeps/NAME.yaml via hydra.searchpath (shown with a temp root)."""
     root = tmp_path / "root"

@@ -289,7 +289,7 @@ def test_win_rate_vs_epoch_against_reference_runs(tmp_path, compose, length_judg
     assert panel["reference"] == "method=it, dataset=lima"
     (line,) = panel["lines"]
     # against "aaa": shorter (30, 30), as long and longer (50, 70), longer (70, 70)
-    assert (line["label"], line["epoch"], line["win_rate"]) == \
+    assert (line["label"], line["x"], line["y"]) == \
         ("single_task gsm8k", [1, 2, 3], pytest.approx([30.0, 60.0, 70.0]))
     assert line["error"] == pytest.approx([0.0, 10.0, 0.0])  # one comparison: the judge's standard error
     assert json.loads((out / "picked_epochs.json").read_text())[0]["epoch"] == 3

@@ -22,8 +22,8 @@ def has_epochs(runs: Sequence[Run]) -> bool:
 
 
 def epoch_series(table: Sequence[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
-    """Win rate vs epoch from `rt_lab.compare.epoch_selection.epoch_table` rows: one panel per model, one line per
-    method x dataset x setting."""
+    """Win rate (y) vs epoch (x) from `rt_lab.compare.epoch_selection.epoch_table` rows: one panel per model, one
+    line per method x dataset x setting."""
     panels = []
     for model in sorted({row["model"] for row in table}):
         lines: dict[str, list[dict]] = {}
@@ -32,7 +32,7 @@ def epoch_series(table: Sequence[dict[str, Any]], reference: str) -> list[dict[s
                 label = " ".join(part for part in (row["method"], row["dataset"], row["setting"]) if part)
                 lines.setdefault(label, []).append(row)
         panels.append({"model": model, "reference": reference, "lines": [
-            {"label": label, "epoch": [row["epoch"] for row in rows], "win_rate": [row["win_rate"] for row in rows],
+            {"label": label, "x": [row["epoch"] for row in rows], "y": [row["win_rate"] for row in rows],
              "error": [error_bar(row) for row in rows]} for label, rows in sorted(lines.items())]})
     return panels
 

@@ -48,15 +48,9 @@ def win_rate_vs_epoch(panels: Sequence[dict[str, Any]], path: Path) -> Path:
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for line in panel["lines"]:
-            axis.errorbar(line["epoch"], line["win_rate"], yerr=line["error"], marker="o", capsize=3,
-                          label=line["label"])
+            axis.errorbar(line["x"], line["y"], yerr=line["error"], marker="o", capsize=3, label=line["label"])
         axis.axhline(50, color="grey", linestyle="--", linewidth=1)
-        axis.set_xticks(sorted({epoch for line in panel["lines"] for epoch in line["epoch"]}))
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("win rate (%)")
-        axis.set_ylim(0, 100)
-        axis.set_title(f"{panel['model']}\nvs {panel['reference']}", fontsize=9)
-        axis.legend(fontsize=7, frameon=False)
+        _frame(axis, panel["lines"], "epoch", "win rate (%)", 100, f"{panel['model']}\nvs {panel['reference']}")
     return save_figure(figure, path, panels)
 
 
@@ -78,13 +72,19 @@ def refusal_vs_mix(panels: Sequence[dict[str, Any]], path: Path) -> Path:
         for line in panel["paper"]:
             axis.plot(line["x"], line["y"], linestyle="none", marker="o", markerfacecolor="none", markersize=9,
                       color=colours.get(line["label"], "black"), label=f"{line['label']}: paper ({line['metric']})")
-        axis.set_xticks(sorted({x for line in panel["lines"] for x in line["x"]}))
-        axis.set_xlabel("refusals mixed into training")
-        axis.set_ylabel("rate")
-        axis.set_ylim(0, 1.05)
-        axis.set_title(f"{panel['model']} {panel['dataset']}", fontsize=9)
-        axis.legend(fontsize=6, frameon=False)
+        _frame(axis, panel["lines"], "refusals mixed into training", "rate", 1.05,
+               f"{panel['model']} {panel['dataset']}")
     return save_figure(figure, path, panels)
+
+
+def _frame(axis: Any, lines: Sequence[dict[str, Any]], xlabel: str, ylabel: str, top: float, title: str) -> None:
+    """Ticks at every x the lines have, labels, the y range from 0, the title and the legend."""
+    axis.set_xticks(sorted({x for line in lines for x in line["x"]}))
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(0, top)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=6, frameon=False)
 
 
 def rule_ablation(panels: Sequence[dict[str, Any]], path: Path) -> Path:
