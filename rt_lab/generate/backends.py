@@ -40,7 +40,7 @@ def vllm_backend(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
     """vLLM on the model folder (GPU machines); the HF model is never loaded for generation."""
     from rt_lab.generate.vllm_backend import vllm_batch_generator
 
-    return vllm_batch_generator(model.path, cfg.generation, cfg.rules)
+    return vllm_batch_generator(model.path, cfg, tokenizer)
 
 
 def make_generator(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:

@@ -7,6 +7,7 @@ ends with the same file as an uninterrupted one. An optional rule head (rt_lab.g
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from rt_lab.data.tokens import tokenize
 from rt_lab.data.prompts import Prompt
 from rt_lab.generate.loop import decode
 from rt_lab.generate.rules import Rule, RuleHead
+from rt_lab.generate.stopping import stop_token_ids, until_stop
 from rt_lab.data.templates import Template
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,8 @@ def generation_config(cfg: Any, tokenizer: Any) -> Any:
 
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
     return GenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.get("min_new_tokens"),
-                            do_sample=cfg.do_sample, use_cache=True, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id, **sampling)
+                            do_sample=cfg.do_sample, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                            **sampling)
 
 
 @torch.inference_mode()
@@ -72,8 +74,10 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
     if rules:  # the head's positions live where the logits do: no host-to-device copy per decoding step
         instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts], device=device)
         head = RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start)
+    config = copy.deepcopy(config)
+    config.eos_token_id = stops = stop_token_ids(tokenizer, model.generation_config)
     tokens = decode(model, input_ids.to(device), attention.to(device), config, head)
-    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return tokenizer.batch_decode([until_stop(row, stops) for row in tokens], skip_special_tokens=True)
 
 
 def generation_device(name: str) -> torch.device:

@@ -28,13 +28,12 @@ register_rule = RULES.register
 
 @dataclass
 class Step:
-    """What rules see at one decoding step, per row of the batch."""
+    """What rules see at one decoding step, one row per sequence being decoded."""
 
-    input_ids: torch.Tensor  # (B, L): left-padded prompts + generated tokens so far
     generated: torch.Tensor  # (B,): tokens generated so far after the prompt (`t` in the paper)
     last_seen: torch.Tensor | None  # (B, V): each token's latest position since the instruction (-1: none);
     #                                  None when no enabled rule reads history
-    scope_starts: dict[str, torch.Tensor]  # scope name -> (B,) its first position in the padded input
+    scope_starts: dict[str, torch.Tensor]  # scope name -> (B,) its first position in the sequence
 
     def present(self, scope: str) -> torch.Tensor:
         """(B, V) bool: the tokens that occur in `scope` so far. A token's latest occurrence lies inside a scope
@@ -136,7 +135,7 @@ class Uniform(Rule):
         return self._vector
 
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
-        return self.vector(vocab_size, step.input_ids.device).expand(len(step.input_ids), -1)
+        return self.vector(vocab_size, step.generated.device).expand(len(step.generated), -1)
 
     def add_to(self, r: torch.Tensor, step: Step) -> None:
         r.add_(self.vector(r.shape[-1], r.device), alpha=self.weight)
@@ -192,7 +191,7 @@ class Start(Rule):
         return 0.0
 
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
-        r = torch.zeros(len(step.generated), vocab_size, device=step.input_ids.device)
+        r = torch.zeros(len(step.generated), vocab_size, device=step.generated.device)
         first = self.first[:vocab_size].to(r.device)
         r[step.generated == 0, : len(first)] += self.scale * first
         for t, (ids, delta) in self.at_step.items():
@@ -208,64 +207,91 @@ def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
             for name in cfg.enabled]
 
 
+class RuleState:
+    """Per-slot decoding state of the rule head, for a batch whose rows (slots) are reused by one request after
+    another: where each slot's scopes start, and, when a rule reads history, each token's latest position since
+    the instruction, updated with only the tokens each step adds. Positions count from a slot's first token
+    (left padding included, for transformers' batches)."""
+
+    def __init__(self, slots: int, vocab_size: int, device: torch.device | str, tracks_history: bool) -> None:
+        self.vocab_size = vocab_size
+        self.instruction_start = torch.zeros(slots, dtype=torch.long, device=device)
+        self.response_start = torch.zeros(slots, dtype=torch.long, device=device)
+        # tokens before the instruction (padding, BOS, the user tag) land in a spare last column that no score reads
+        self.last_seen = (torch.full((slots, vocab_size + 1), -1, dtype=torch.int32, device=device)
+                          if tracks_history else None)
+
+    def start(self, slots: torch.Tensor, instruction_start: torch.Tensor, response_start: torch.Tensor) -> None:
+        """Hand `slots` to new requests: whatever earlier requests left there is forgotten."""
+        self.instruction_start[slots] = instruction_start.to(self.instruction_start.device)
+        self.response_start[slots] = response_start.to(self.response_start.device)
+        if self.last_seen is not None:
+            self.last_seen[slots] = -1
+
+    def record(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+               valid: torch.Tensor | None = None) -> None:
+        """Note `tokens` (B, K) at `positions` (B, K) of their slots' sequences; entries where `valid` is False
+        are ignored."""
+        if self.last_seen is None:
+            return
+        keep = positions >= self.instruction_start[slots][:, None]
+        if valid is not None:
+            keep &= valid
+        columns = torch.where(keep, tokens.long(), self.vocab_size)
+        flat = slots.long()[:, None] * self.last_seen.shape[1] + columns
+        self.last_seen.view(-1).scatter_reduce_(0, flat.flatten(), positions.flatten().to(self.last_seen.dtype),
+                                                "amax")
+
+    def step(self, slots: torch.Tensor, positions: torch.Tensor) -> Step:
+        """What the rules see for rows whose sequences' last token sits at `positions` (B,)."""
+        scope_starts = {"since_user_tag": self.instruction_start[slots], "response": self.response_start[slots]}
+        last_seen = None if self.last_seen is None else self.last_seen[slots, : self.vocab_size]
+        return Step(positions + 1 - scope_starts["response"], last_seen, scope_starts)
+
+
+def rule_scores(rules: Sequence[Rule], step: Step, vocab_size: int) -> torch.Tensor:
+    """(B, V) `r`: the weighted sum of the rules' scores."""
+    r = torch.zeros(len(step.generated), vocab_size, device=step.generated.device)
+    for rule in rules:
+        rule.add_to(r, step)
+    return r
+
+
+def product_of_experts(logits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1).add_(torch.log_softmax(r, dim=-1))
+
+
 class RuleHead(LogitsProcessor):
-    """Product of experts over one generate call. `response_start[b]` is where row b's response begins in the
-    padded input (t counts from there, and the `response` scope starts there); `instruction_start[b]` is where its
-    instruction begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; rows that
-    leave the batch leave the head through `select_rows`."""
+    """Product of experts over one left-padded batch, in rt_lab's decoding loop or transformers' `generate`: row b
+    starts as slot b of a `RuleState`. `response_start[b]` is where row b's response begins in the padded input
+    (t counts from there, and the `response` scope starts there); `instruction_start[b]` is where its instruction
+    begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; rows that leave the batch
+    leave the head through `select_rows`."""
 
     def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, instruction_start: torch.Tensor) -> None:
         self.rules = list(rules)
         self.response_start = response_start
-        self.scope_starts = {"since_user_tag": instruction_start, "response": response_start}
-        self.tracks_history = any(rule.reads_history for rule in self.rules)
-        self.last_seen: torch.Tensor | None = None
+        self.instruction_start = instruction_start
+        self.state: RuleState | None = None
+        self.slots: torch.Tensor | None = None  # each row's slot
         self.seen = 0
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (in this order): the decoding loop drops rows that have finished."""
-        self.response_start = self.response_start[rows]
-        self.scope_starts = {scope: start[rows] for scope, start in self.scope_starts.items()}
-        if self.last_seen is not None:
-            self.last_seen = self.last_seen[rows]
-
-    def _update_last_seen(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        batch, length = input_ids.shape
-        if self.last_seen is None:
-            self.last_seen = torch.full((batch, vocab_size + 1), -1, dtype=torch.long, device=input_ids.device)
-        positions = torch.arange(self.seen, length, device=input_ids.device).expand(batch, -1)
-        tokens = input_ids[:, self.seen:]
-        start = self.scope_starts["since_user_tag"].to(input_ids.device)[:, None]
-        # tokens before the instruction (padding, BOS, the user tag) land in a spare column that no score reads
-        self.last_seen.scatter_reduce_(1, torch.where(positions >= start, tokens, vocab_size), positions, "amax")
-        self.seen = length
-        return self.last_seen[:, :vocab_size]
+        self.slots = self.slots[rows]
 
     def rule_scores(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        generated = input_ids.shape[1] - self.response_start.to(input_ids.device)
-        last_seen = self._update_last_seen(input_ids, vocab_size) if self.tracks_history else None
-        step = Step(input_ids, generated, last_seen, self.scope_starts)
-        r = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
-        for rule in self.rules:
-            rule.add_to(r, step)
-        return r
+        batch, length = input_ids.shape
+        if self.state is None:
+            self.slots = torch.arange(batch, device=input_ids.device)
+            self.state = RuleState(batch, vocab_size, input_ids.device,
+                                   any(rule.reads_history for rule in self.rules))
+            self.state.start(self.slots, self.instruction_start, self.response_start)
+        self.state.record(self.slots, input_ids[:, self.seen:],
+                          torch.arange(self.seen, length, device=input_ids.device).expand(batch, -1))
+        self.seen = length
+        step = self.state.step(self.slots, torch.full((batch,), length - 1, device=input_ids.device))
+        return rule_scores(self.rules, step, vocab_size)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        r = self.rule_scores(input_ids, scores.shape[-1])
-        return torch.log_softmax(scores.float(), dim=-1).add_(torch.log_softmax(r, dim=-1))
-
-
-class RequestRuleHead:
-    """The rule head for one request given as token-id lists, for engines that call a logits processor per
-    request with (prompt ids, generated ids, logits) such as vLLM. Keeps its token set across calls."""
-
-    def __init__(self, rules: Sequence[Rule], instruction_start: int) -> None:
-        self.rules = rules
-        self.instruction_start = instruction_start
-        self.head: RuleHead | None = None
-
-    def __call__(self, prompt_ids: Sequence[int], output_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-        if self.head is None:
-            self.head = RuleHead(self.rules, torch.tensor([len(prompt_ids)]), torch.tensor([self.instruction_start]))
-        ids = torch.tensor([list(prompt_ids) + list(output_ids)], device=logits.device)
-        return self.head(ids, logits[None])[0].to(logits.dtype)
+        return product_of_experts(scores, self.rule_scores(input_ids, scores.shape[-1]))

@@ -1,70 +1,70 @@
-"""Optional vLLM generation backend (`generation.backend=vllm`, GPU machines). Imported only when asked for.
+"""Optional vLLM generation backend (`generation.backend=vllm`; GPU machines, vLLM >= 0.32:
+`pip install 'rt_lab[vllm]'`). vLLM is imported when the backend is built, not when this module is.
 
-The rule head joins through vLLM's per-request logits-processor adapter: each request carries the rules config
-and its instruction start in `SamplingParams.extra_args`, and `RequestRuleHead` scores it."""
+With rules enabled, vLLM loads rt_lab's rule head as a Model Runner V2 logits processor (`PROCESSOR`) and every
+request carries the rules config and its instruction start in `SamplingParams.extra_args`; with none enabled no
+processor is passed. The model loads in `model.dtype`, as the hf backend loads it, and responses end on the same
+stop tokens (rt_lab.generate.stopping)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-try:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
-except ImportError as err:  # pragma: no cover - depends on the machine
-    raise ImportError(
-        "generation.backend=vllm needs vLLM (GPU machines): pip install vllm; or use generation.backend=hf"
-    ) from err
-
-from rt_lab.train.export import is_adapter_folder
 from rt_lab.generate.decode import BatchGenerator, EncodedPrompt
-from rt_lab.generate.rules import RequestRuleHead, build_rules
+from rt_lab.generate.rule_slots import request_args
+from rt_lab.generate.rules import build_rules
+from rt_lab.generate.stopping import model_generation_config, stop_token_ids
+from rt_lab.train.export import is_adapter_folder
 
-RULES_KEY = "rt_lab_rules"
-START_KEY = "rt_lab_instruction_start"
-
-
-class RuleHeadProcessor(AdapterLogitsProcessor):
-    """Builds a `RequestRuleHead` for every request that carries rt_lab rules in its extra args."""
-
-    def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
-        super().__init__(vllm_config, device, is_pin_memory)
-        self.tokenizer_path = vllm_config.model_config.tokenizer
-        self.rules_by_config: dict[str, list] = {}
-
-    def is_argmax_invariant(self) -> bool:
-        return False
-
-    def new_req_logits_processor(self, params: Any) -> RequestRuleHead | None:
-        extra = params.extra_args or {}
-        if RULES_KEY not in extra:
-            return None
-        key = json.dumps(extra[RULES_KEY], sort_keys=True)
-        if key not in self.rules_by_config:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
-            self.rules_by_config[key] = build_rules(OmegaConf.create(extra[RULES_KEY]), tokenizer)
-        return RequestRuleHead(self.rules_by_config[key], extra[START_KEY])
+PROCESSOR = "rt_lab.generate.vllm_rule_head:RuleHeadProcessor"
 
 
-def vllm_batch_generator(model_path: str | Path, cfg: Any, rules_cfg: Any) -> BatchGenerator:
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ImportError("generation.backend=vllm needs vLLM >= 0.32 (GPU machines): pip install 'rt_lab[vllm]'; "
+                          "or use generation.backend=hf") from err
+    return vllm
+
+
+def engine_args(model_path: str | Path, cfg: Any) -> dict[str, Any]:
+    """`vllm.LLM`'s arguments for a run config: the rule head only when rules are enabled; `generation.vllm`
+    entries win."""
+    processors = {"logits_processors": [PROCESSOR]} if cfg.rules.enabled else {}
+    extra = cfg.generation.get("vllm")
+    return {"model": str(model_path), "dtype": cfg.model.dtype, **processors,
+            **(OmegaConf.to_container(extra, resolve=True) if extra else {})}
+
+
+def sampling_args(cfg: Any, stops: Sequence[int], rules: dict[str, Any] | None,
+                  prompt: EncodedPrompt) -> dict[str, Any]:
+    """One request's `vllm.SamplingParams` arguments from `generation` (`cfg`): greedy is temperature 0."""
+    return {"max_tokens": cfg.max_new_tokens, "min_tokens": cfg.get("min_new_tokens") or 0,
+            "temperature": cfg.temperature if cfg.do_sample else 0.0, "top_p": cfg.top_p,
+            "stop_token_ids": list(stops),
+            "extra_args": request_args(rules, prompt.instruction_start) if rules else None}
+
+
+def vllm_batch_generator(model_path: str | Path, cfg: Any, tokenizer: Any) -> BatchGenerator:
+    """Answers batches with vLLM on the model folder `model_path`, as run config `cfg` says."""
     if is_adapter_folder(Path(model_path)):
         raise ValueError(f"{model_path} holds a peft adapter; vLLM needs a dense model: set "
                          "adapter.export=merge (LoRA) or merge_bf16 (QLoRA)")
-    llm = LLM(model=str(model_path), logits_processors=[RuleHeadProcessor], **(cfg.get("vllm") or {}))
-    rules = OmegaConf.to_container(rules_cfg, resolve=True) if rules_cfg.enabled else None
+    vllm = import_vllm()
+    rules = None
+    if cfg.rules.enabled:
+        build_rules(cfg.rules, tokenizer)  # a bad rules config fails here, not in vLLM's engine process
+        rules = OmegaConf.to_container(cfg.rules, resolve=True)
+    stops = stop_token_ids(tokenizer, model_generation_config(model_path))
+    llm = vllm.LLM(**engine_args(model_path, cfg))
 
     def answer(batch: Sequence[EncodedPrompt]) -> list[str]:
-        sampling = [SamplingParams(max_tokens=cfg.max_new_tokens, min_tokens=cfg.get("min_new_tokens") or 0,
-                                   temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p,
-                                   extra_args={RULES_KEY: rules, START_KEY: p.instruction_start} if rules else None)
-                    for p in batch]
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=p.ids) for p in batch], sampling, use_tqdm=False)
+        sampling = [vllm.SamplingParams(**sampling_args(cfg.generation, stops, rules, p)) for p in batch]
+        outputs = llm.generate([{"prompt_token_ids": p.ids} for p in batch], sampling, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
 
     return answer
