@@ -61,13 +61,14 @@ def test_a_corrupt_line_before_the_end_is_an_error(tiny_path, tiny_tokenizer, pr
         run(model, tiny_tokenizer, prompts, tmp_path)
 
 
-def test_vllm_backend_without_vllm_says_how_to_get_it():
-    pytest.importorskip("omegaconf")
+def test_vllm_backend_without_vllm_says_how_to_get_it(compose, tiny_path, tiny_tokenizer):
+    from rt_lab.generate.vllm_backend import vllm_batch_generator  # imports without vLLM
+
     try:
         import vllm  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match="pip install vllm"):
-            import rt_lab.generate.vllm_backend  # noqa: F401
+        with pytest.raises(ImportError, match=r"pip install 'rt_lab\[vllm\]'"):
+            vllm_batch_generator(tiny_path, compose(["model=tiny"]), tiny_tokenizer)
     else:
         pytest.skip("vLLM is installed here")
 

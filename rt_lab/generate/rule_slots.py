@@ -71,7 +71,6 @@ class SlotRuleHead:
 
     def admit(self, slot: int, args: Mapping[str, Any] | None) -> bool:
         """A request takes `slot`, replacing whatever request held it; whether the head scores it."""
-        self.admitted.pop(slot, None)
         if not args or RULES_KEY not in args:
             self.rule_set_of[slot] = -1
             return False
