@@ -33,6 +33,7 @@ from rt_lab.generate.decode import EncodedPrompt, encode_prompt, generate_batch,
 from rt_lab.models import load_model, load_tokenizer, resolve_path  # noqa: E402
 from rt_lab.data.prompts import load_prompts  # noqa: E402
 from rt_lab.generate.rules import RuleHead, build_rules  # noqa: E402
+from rt_lab.generate.stopping import stop_token_ids, until_stop  # noqa: E402
 
 
 def count_generated(tokenizer, texts):
@@ -43,6 +44,7 @@ def count_generated(tokenizer, texts):
 def original(model, tokenizer, prompts: list[EncodedPrompt], rules, max_new_tokens: int) -> list[str]:
     """Batch 1, no cache; a fresh rule head per step recomputes the token set from the whole sequence."""
     texts = []
+    stops = stop_token_ids(tokenizer, model.generation_config)
     for prompt in prompts:
         ids = torch.tensor([prompt.ids])
         start = ids.shape[1]
@@ -51,9 +53,9 @@ def original(model, tokenizer, prompts: list[EncodedPrompt], rules, max_new_toke
             head = RuleHead(rules, torch.tensor([start]), torch.tensor([prompt.instruction_start]))
             token = head(ids, logits).argmax(-1, keepdim=True)
             ids = torch.cat([ids, token], dim=1)
-            if token.item() == tokenizer.eos_token_id:
+            if token.item() in stops:
                 break
-        texts.append(tokenizer.decode(ids[0, start:], skip_special_tokens=True))
+        texts.append(tokenizer.decode(until_stop(ids[0, start:].tolist(), stops), skip_special_tokens=True))
     return texts
 
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from rt_lab.generate.decode import generate_outputs, hf_batch_generator
+from rt_lab.generate.decode import encode_prompt, generate_outputs, hf_batch_generator
 from rt_lab.data.prompts import load_prompts
 from rt_lab.data.templates import TagTemplate
 
@@ -129,3 +129,18 @@ def test_a_launched_run_prefixes_its_eval_prompts(tmp_path):
     assert [r["instruction"] for r in prefixed] == [p.instruction for p in sample]
     assert [r["instruction"] for r in literal] == [PREFIX + p.instruction for p in sample]
     assert [r["output"] for r in prefixed] == [r["output"] for r in literal]
+
+
+def test_answers_by_backend_are_what_the_runs_generator_answers(compose, tiny_path, tiny_tokenizer):
+    """The function the GPU check calls with backends hf and vllm, here with hf alone."""
+    from rt_lab.generate.parity import answers_by_backend
+    from rt_lab.generate.rules import build_rules
+
+    cfg = compose(["model=tiny", "method=rules", "generation.max_new_tokens=8", "generation.batch_size=2",
+                   "generation.device=cpu"])
+    instructions = ["Hi", "Tell me a story.", "Why?"]
+    answers = answers_by_backend(cfg, instructions, backends=("hf",))
+    answer = hf_batch_generator(AutoModelForCausalLM.from_pretrained(tiny_path), tiny_tokenizer, cfg.generation,
+                                build_rules(cfg.rules, tiny_tokenizer))
+    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in instructions]
+    assert answers == {"hf": answer(prompts[:2]) + answer(prompts[2:])}

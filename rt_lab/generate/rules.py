@@ -3,7 +3,9 @@
 Each step, rules score every vocabulary token (`r`, starting at 0); the head returns
 `log_softmax(base logits) + log_softmax(r)`, which greedy decoding argmaxes and sampling renormalises.
 Rules are tokenizer-agnostic: tables name token *strings*, resolved through the model's tokenizer. Add a rule
-with `@register_rule("name")` on a class taking `(tokenizer, vocab_size, **its config)` with a `scores` method.
+with `@register_rule("name")` on a class taking `(tokenizer, **its config)` with a `scores` method.
+The head's per-sequence state (`RuleState`) is kept per slot and grows by each step's new tokens: `RuleHead` runs it
+inside transformers' `generate`, rt_lab.generate.rule_slots inside vLLM.
 """
 
 from __future__ import annotations

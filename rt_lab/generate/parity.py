@@ -1,0 +1,37 @@
+"""The same instructions answered by several generation backends, to check that they agree (the vLLM backend
+against the hf one needs a GPU machine)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rt_lab.generate.backends import make_generator
+from rt_lab.generate.decode import encode_prompt
+from rt_lab.models import load_tokenizer, resolve_path
+from rt_lab.run import base_model
+from rt_lab.train.export import free_memory
+
+
+def answers_by_backend(cfg: Any, instructions: Sequence[str], backends: Sequence[str] = ("hf", "vllm")
+                       ) -> dict[str, list[str]]:
+    """Each backend's answers to `instructions`, in order, from run config `cfg`'s untrained model with its
+    template, rules and generation settings (`instruction_prefix` too); batches of `generation.batch_size` in the order given. A backend's
+    model is released before the next one starts: vLLM claims `gpu_memory_utilization` of the GPU when it starts,
+    so it goes last."""
+    path = resolve_path(cfg.model, cfg.paths.cache_dir)
+    tokenizer = load_tokenizer(cfg.model, path)
+    template = instantiate(cfg.template)
+    prefix = cfg.generation.instruction_prefix
+    encoded = [encode_prompt(prefix + text, template, tokenizer, cfg.model.bos) for text in instructions]
+    size = cfg.generation.batch_size
+    answers = {}
+    for backend in backends:
+        backend_cfg = OmegaConf.merge(cfg, {"generation": {"backend": backend}})
+        answer = make_generator(backend_cfg, tokenizer, base_model(backend_cfg))
+        answers[backend] = [text for i in range(0, len(encoded), size) for text in answer(encoded[i:i + size])]
+        del answer
+        free_memory()
+    return answers
