@@ -18,9 +18,9 @@ from rt_lab.train.export import free_memory
 def answers_by_backend(cfg: Any, instructions: Sequence[str], backends: Sequence[str] = ("hf", "vllm")
                        ) -> dict[str, list[str]]:
     """Each backend's answers to `instructions`, in order, from run config `cfg`'s untrained model with its
-    template, rules and generation settings (`instruction_prefix` too); batches of `generation.batch_size` in the order given. A backend's
-    model is released before the next one starts: vLLM claims `gpu_memory_utilization` of the GPU when it starts,
-    so it goes last."""
+    template, rules and generation settings (`instruction_prefix` too), in batches of `generation.batch_size` in
+    the order given. A backend's model is released before the next one starts: vLLM claims
+    `gpu_memory_utilization` of the GPU when it starts, so it goes last."""
     path = resolve_path(cfg.model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.model, path)
     template = instantiate(cfg.template)
