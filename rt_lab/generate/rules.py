@@ -244,10 +244,19 @@ class RuleState:
         self.last_seen.view(-1).scatter_reduce_(0, flat.flatten(), positions.flatten().to(self.last_seen.dtype),
                                                 "amax")
 
-    def step(self, slots: torch.Tensor, positions: torch.Tensor) -> Step:
-        """What the rules see for rows whose sequences' last token sits at `positions` (B,)."""
-        scope_starts = {"since_user_tag": self.instruction_start[slots], "response": self.response_start[slots]}
-        last_seen = None if self.last_seen is None else self.last_seen[slots, : self.vocab_size]
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep only these slots, renumbered 0.. in this order (a batch whose finished rows leave)."""
+        self.instruction_start = self.instruction_start[slots]
+        self.response_start = self.response_start[slots]
+        if self.last_seen is not None:
+            self.last_seen = self.last_seen[slots]
+
+    def step(self, slots: torch.Tensor | None, positions: torch.Tensor) -> Step:
+        """What the rules see for rows whose sequences' last token sits at `positions` (B,); row i is slot
+        `slots[i]`, or slot i when `slots` is None (no per-step gather of the position table)."""
+        every = slice(None) if slots is None else slots
+        scope_starts = {"since_user_tag": self.instruction_start[every], "response": self.response_start[every]}
+        last_seen = None if self.last_seen is None else self.last_seen[every, : self.vocab_size]
         return Step(positions + 1 - scope_starts["response"], last_seen, scope_starts)
 
 
@@ -268,31 +277,33 @@ class RuleHead(LogitsProcessor):
     starts as slot b of a `RuleState`. `response_start[b]` is where row b's response begins in the padded input
     (t counts from there, and the `response` scope starts there); `instruction_start[b]` is where its instruction
     begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; rows that leave the batch
-    leave the head through `select_rows`."""
+    leave the head (and its state) through `select_rows`, so row b stays slot b."""
 
     def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, instruction_start: torch.Tensor) -> None:
         self.rules = list(rules)
         self.response_start = response_start
         self.instruction_start = instruction_start
         self.state: RuleState | None = None
-        self.slots: torch.Tensor | None = None  # each row's slot
         self.seen = 0
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (in this order): the decoding loop drops rows that have finished."""
-        self.slots = self.slots[rows]
+        if self.state is None:
+            self.response_start, self.instruction_start = self.response_start[rows], self.instruction_start[rows]
+        else:
+            self.state.keep(rows)
 
     def rule_scores(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
         batch, length = input_ids.shape
+        rows = torch.arange(batch, device=input_ids.device)
         if self.state is None:
-            self.slots = torch.arange(batch, device=input_ids.device)
             self.state = RuleState(batch, vocab_size, input_ids.device,
                                    any(rule.reads_history for rule in self.rules))
-            self.state.start(self.slots, self.instruction_start, self.response_start)
-        self.state.record(self.slots, input_ids[:, self.seen:],
+            self.state.start(rows, self.instruction_start, self.response_start)
+        self.state.record(rows, input_ids[:, self.seen:],
                           torch.arange(self.seen, length, device=input_ids.device).expand(batch, -1))
         self.seen = length
-        step = self.state.step(self.slots, torch.full((batch,), length - 1, device=input_ids.device))
+        step = self.state.step(None, torch.full((batch,), length - 1, device=input_ids.device))
         return rule_scores(self.rules, step, vocab_size)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
