@@ -4,13 +4,18 @@ every stage produces."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from importlib import resources
 from io import StringIO
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -33,6 +38,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+@contextmanager
+def exclusive(path: str | Path, why: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block: jobs that would do the same work
+    take turns, the later one finding it done. `why` says what the lock guards, for the waiting job's log."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:  # the lock goes with the file's closing
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s: another job holds it (%s)", path, why)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def package_path(file: str) -> Path:
     """`pkg://sample_data/x.jsonl` names a file shipped inside rt_lab; anything else is a filesystem path."""
     if file.startswith("pkg://"):
@@ -46,7 +66,11 @@ def read_text(path: Path) -> str:
         raise IsADirectoryError(f"{path}: is a directory; give a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    data = path.read_bytes()
+    return decode(path, path.read_bytes())
+
+
+def decode(path: Path, data: bytes) -> str:
+    """The UTF-8 text of `data` read from `path`; bytes that are not UTF-8 are an error naming file and line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -124,13 +148,17 @@ def csv_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
 
 
 def read_append_log(path: str | Path) -> list[dict]:
-    """Records of a JSONL file that a job appends to as it works. A torn last line (a crash mid-write) is cut
+    """Records of a JSONL file that jobs append to as they work. A torn last line (a crash mid-write) is cut
     off so appending continues on a fresh line; a malformed line anywhere else is an error naming it."""
     path = Path(path)
     if not path.is_file():
         return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-    return [record for _, record in read_records(path)]
+    with path.open("rb") as handle:
+        # the lock writers hold while they append a line (AnswerCache): a line half written by another job now is
+        # waited for, not taken for a torn one and cut
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            os.truncate(path, len(complete))
+    return [record for _, record in jsonl_records(path, decode(path, complete))]

@@ -152,7 +152,7 @@ def test_cache_rerun_makes_no_requests_canned_judge(make_judge, server, tmp_path
 def test_spend_cap_stops_and_resume_judges_only_the_rest_canned_judge(make_judge, server, tmp_path):
     cache = tmp_path / "cache.jsonl"
     rows = ([f"Question {i}?" for i in range(6)], [GOOD] * 6, [BAD] * 6)
-    with pytest.raises(SpendCapExceeded, match=r"max_calls=3 reached.*3 of 6 pairs are judged and cached"):
+    with pytest.raises(SpendCapExceeded, match=r"max_calls=3 reached.*3 of 6 pairs are answered and cached"):
         judge_pairs(make_judge(both_orders=False, max_calls=3), *rows, cache)
     assert server.requests == 3
     assert len(cache.read_text().splitlines()) == 3  # every pair that got its answer is saved
@@ -209,7 +209,7 @@ def test_a_reply_without_logprobs_stops_the_run_at_once_naming_server_and_fix_ca
         judge_pairs(make_judge(max_concurrency=1), *rows, tmp_path / "cache.jsonl")
     message = str(raised.value)
     assert server.url in message and "canned-judge" in message
-    assert "judge.scoring=text" in message and "vLLM" in message and "0 of 5 pairs are judged" in message
+    assert "judge.scoring=text" in message and "vLLM" in message and "0 of 5 pairs are answered" in message
     assert server.requests == 1  # not one unparsable judgment after another
 
 

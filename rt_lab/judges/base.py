@@ -39,6 +39,10 @@ class Judgment:
     # a malformed reply is an answer (temperature 0) and is cached like any other.
     final: bool = True
 
+    @property
+    def answered(self) -> bool:
+        return self.value is not None
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -47,6 +51,10 @@ class Reply:
     text: str | None
     reason: str | None = None
     final: bool = True
+
+    @property
+    def answered(self) -> bool:
+        return self.text is not None
 
 
 # Reads P(labels[1]) from the (token, logprob) candidates of the answer's first token.
