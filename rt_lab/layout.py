@@ -20,7 +20,14 @@ A run dir (one job, `paths.run_dir`):
 
 A sweep dir holds one run dir per job (`<job number>/`), `multirun.yaml` (Hydra's record of the launch),
 `jobs.json` (every job the launcher planned), `comparison/` (rt_lab.compare's judgments, tables and plots) and
-`human/` (rt_lab.human: the human study's ratings database and its report)."""
+`human/` (rt_lab.human: the human study's ratings database and its report).
+
+A refine dir (`paths.refine_dir`, shared by every run that refines training data, rt_lab.data.refine):
+
+    rewrites.jsonl               every rewrite asked for, keyed by refiner, prompt and response (the cache)
+    <dataset>-<hash>.jsonl       one refined training set (`messages` records), reusable with dataset.file=
+    <dataset>-<hash>.stats.json  what its refinement rewrote, kept and asked for
+    <dataset>-<hash>.lock        held while a job refines that set, so a concurrent job waits, then asks nothing"""
 
 from __future__ import annotations
 
@@ -135,3 +142,21 @@ class SweepDir:
         found = [saved.parents[1] for saved in self.path.rglob(_HYDRA_CONFIG)]
         jobs = [job for job in found if COMPARISON not in job.relative_to(self.path).parts]
         return [RunDir(job) for job in sorted(jobs, key=lambda job: (len(job.name), job.name))]
+
+
+@dataclass(frozen=True)
+class RefineDir:
+    """The shared dir of refined training sets and their rewrite cache."""
+
+    path: Path
+
+    rewrites = At("rewrites.jsonl")
+
+    def refined_set(self, stem: str) -> Path:
+        return self.path / f"{stem}.jsonl"
+
+    def stats(self, stem: str) -> Path:
+        return self.path / f"{stem}.stats.json"
+
+    def lock(self, stem: str) -> Path:
+        return self.path / f"{stem}.lock"

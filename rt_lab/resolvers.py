@@ -29,6 +29,12 @@ def rules_suffix(enabled: list[str] | None) -> str:
     return f"[{','.join(enabled)}]" if enabled else ""
 
 
+def refined_suffix(refiner: str | None) -> str:
+    """Run-name part marking a run trained on refined responses (`dataset.refine`), so it and the same run on the
+    original responses get distinct AlpacaEval generator names."""
+    return "-refined" if refiner else ""
+
+
 def register() -> None:
     # Cached like Hydra's `now`, and Hydra copies the cache into every job of a sweep, so all jobs of one
     # launch share the suffix while two launches in the same second never share a directory.
@@ -36,3 +42,4 @@ def register() -> None:
     OmegaConf.register_new_resolver("rt_lab.sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("rt_lab.job_overrides", job_overrides, replace=True)
     OmegaConf.register_new_resolver("rt_lab.rules_suffix", rules_suffix, replace=True)
+    OmegaConf.register_new_resolver("rt_lab.refined_suffix", refined_suffix, replace=True)

@@ -1,11 +1,12 @@
-"""One run: train (unless the method trains nothing) -> export -> generate on the eval prompts (with the rule
-head when `rules.enabled` names rules) -> the evaluations `eval` switches on. Win rates against a reference run
-are computed over the sweep: rt_lab.compare.
+"""One run: refine the training responses (when `dataset.refine` is set) -> train (unless the method trains
+nothing) -> export -> generate on the eval prompts (with the rule head when `rules.enabled` names rules) -> the
+evaluations `eval` switches on. Win rates against a reference run are computed over the sweep: rt_lab.compare.
 
 Each finished stage leaves a marker in the run dir, so a rerun in the same dir skips what is already done."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from rt_lab.io import read_records
 from rt_lab.layout import RunDir
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
+from rt_lab.data.datasets import refined_dataset
 from rt_lab.data.prompts import load_prompts
 from rt_lab.train.fit import train
 
@@ -88,12 +90,20 @@ def run(cfg: Any) -> Path:
     tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir))
     template = instantiate(cfg.template)
     prompts = load_prompts(cfg.prompts, cfg.paths.data_dir)  # fail on a bad prompt file before training
+    train_cfg = cfg
+    if cfg.method.train and cfg.dataset.get("refine") and not layout.trained_marker.is_file():
+        # refined now, before the model to train is loaded, so a local refiner never shares memory with it; the
+        # training then reads the refined set's file like any dataset (the rest of the run keeps the config it
+        # was launched with: its name, its saved config)
+        train_cfg = copy.deepcopy(cfg)
+        train_cfg.dataset = refined_dataset(cfg.dataset, cfg.paths.data_dir)
+        free_memory()
     loggers = build_loggers(cfg)
     try:
         # generation.at_epochs: outputs at listed epochs of this one training run (rt_lab/generate/epochs.py)
         epochs = EpochSelection.build(cfg, tokenizer, template, prompts, run_base(cfg), exporter(cfg.adapter),
                                       run_dir, loggers)
-        model = trained_model(cfg, tokenizer, template, run_dir, loggers, [epochs.callback()] if epochs else []) \
+        model = trained_model(train_cfg, tokenizer, template, run_dir, loggers, [epochs.callback()] if epochs else []) \
             if cfg.method.train else base_model(cfg)
         answer = make_generator(cfg, tokenizer, model)
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import pytest
 
 from helpers import REPO
-from judge_server import KEY_ENV, SECRET, LengthJudgeServer
+from judge_server import KEY_ENV, SECRET, CannedJudgeServer, LengthJudgeServer, RefinerServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -85,12 +85,23 @@ def smollm2_tokenizer(smollm2_path: str):
     return AutoTokenizer.from_pretrained(smollm2_path)
 
 
-@pytest.fixture
-def length_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[LengthJudgeServer]:
-    """A canned judge on loopback preferring the longer response; its key is in the environment launched runs see."""
+def serve(server_class: type[CannedJudgeServer], monkeypatch: pytest.MonkeyPatch) -> Iterator[CannedJudgeServer]:
+    """A canned server on loopback for one test; its key is in the environment launched runs see."""
     monkeypatch.setenv(KEY_ENV, SECRET)
-    server = LengthJudgeServer()
+    server = server_class()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def length_judge(monkeypatch: pytest.MonkeyPatch) -> Iterator[LengthJudgeServer]:
+    """A canned judge preferring the longer response."""
+    yield from serve(LengthJudgeServer, monkeypatch)
+
+
+@pytest.fixture
+def refiner(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefinerServer]:
+    """A canned refiner (rewrites after rt_lab's marker line)."""
+    yield from serve(RefinerServer, monkeypatch)

@@ -3,7 +3,7 @@ cannot run here). By default it favours the output containing "GOOD", more so wh
 (a position bias both_orders must average out); subclasses override `top_logprobs` (and `text_reply`, the answer
 when a request asks for no logprobs). Markers in a prompt make it misbehave (FAIL429x2, FAIL500x2, ALWAYS500, SLOW,
 BADJSON, NOLABELS: no label among the top logprobs, NOLOGPROBS: a reply without logprobs, as `transformers serve`
-gives)."""
+gives). `RefinerServer` answers rewriting requests instead (rt_lab.data.refine)."""
 
 from __future__ import annotations
 
@@ -131,3 +131,22 @@ def judge_overrides(server: CannedJudgeServer) -> list[str]:
     """The `judge=openai` overrides that point a run at `server`."""
     return ["judge=openai", f"judge.base_url={server.url}", "judge.model=canned-judge",
             f"judge.api_key_env={KEY_ENV}", "judge.backoff_s=0.01"]
+
+
+REWRITE_PREFIX = "Clearer: "  # RefinerServer's rewrite: this, then the original response
+
+
+class RefinerServer(CannedJudgeServer):
+    """A canned refiner: a short note, then rt_lab's marker line and the response with REWRITE_PREFIX before it.
+    Markers in the response make it answer otherwise: NOMARKER (no marker line), EMPTYREWRITE (nothing after the
+    marker), BOLDMARKER (the marker in Markdown bold with the rewrite on the same line)."""
+
+    def text_reply(self, prompt: str) -> str:
+        response = prompt.split("[Assistant response]\n", 1)[1].rsplit("\n[End of assistant response]", 1)[0]
+        if "NOMARKER" in response:
+            return "The response is already clear; I would keep it as it is."
+        if "EMPTYREWRITE" in response:
+            return "It reads well.\n\nRewritten response:\n"
+        if "BOLDMARKER" in response:
+            return f"A friendlier tone helps.\n**Rewritten response:** {REWRITE_PREFIX}{response}"
+        return f"The wording could be more direct.\n\nRewritten response:\n{REWRITE_PREFIX}{response}\n"

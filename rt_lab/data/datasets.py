@@ -1,5 +1,5 @@
 """Training datasets: a source's rows (rt_lab.data.sources, rt_lab.data.formats) with the dataset config's
-`limit` or seeded `sample`, `max_messages` and refusal mix applied."""
+`limit` or seeded `sample`, `max_messages`, refusal mix and `refine` (rewritten responses) applied."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import random
 import re
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from rt_lab.data.formats import LoadStats
+from rt_lab.data.refine import refine_rows
 from rt_lab.data.rows import Row, make_row
 from rt_lab.data.sources import resolve_source
 from rt_lab.registry import Registry
@@ -56,7 +59,21 @@ def subsample(rows: list[Row], sample: Any, name: str, source: str) -> list[Row]
 
 def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
     """Load a dataset config into validated rows, applying its `where` filter, `limit` (first rows) or `sample` (a
-    seeded subsample), `max_messages` and `refusal_mix`."""
+    seeded subsample), `max_messages`, `refusal_mix` and `refine` (every response of those rows rewritten)."""
+    rows = unrefined_rows(cfg, data_dir)
+    return refine_rows(rows, cfg.refine, cfg.name).rows if cfg.get("refine") else rows
+
+
+def refined_dataset(cfg: Any, data_dir: str | None = None) -> DictConfig:
+    """A dataset config with `refine`, refined now: its refined set as a dataset of its own, the written file read
+    as it is (no limit, sample, refusal mix or refinement applied again)."""
+    refined = refine_rows(unrefined_rows(cfg, data_dir), cfg.refine, cfg.name)
+    return OmegaConf.create({"name": cfg.name, "single_task": bool(cfg.get("single_task")), "file": str(refined.path),
+                             "format": "messages"})
+
+
+def unrefined_rows(cfg: Any, data_dir: str | None) -> list[Row]:
+    """The rows of a dataset config before `refine`."""
     sample = cfg.get("sample")
     if sample and cfg.get("limit") is not None:
         raise ValueError(f"dataset {cfg.name}: set dataset.limit (first rows) or dataset.sample (a seeded "
