@@ -1,6 +1,6 @@
-"""Refined responses (An et al. §5.1): every training response rewritten by a chat model for clarity, structure and
-tone, its content kept, before a method trains on the set (`dataset/refine=hf_local|openai`, rt_lab's own prompt
-in conf/dataset/refine/_base.yaml).
+"""Refined responses (An et al. §5.1): every training response (a refusal mix's too) rewritten by a chat model for
+clarity, structure and tone, its content kept, before a method trains on the set (`dataset/refine=hf_local|openai`,
+rt_lab's own prompt in conf/dataset/refine/_base.yaml).
 
 The refiner is any judge backend (rt_lab.judges: `openai` for a chat-completions server, `hf_local` for a model in
 this process), asked greedily for up to `max_tokens`. Its rewrite is the text after the first line that starts
