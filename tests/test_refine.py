@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from helpers import FAST, launch
+from helpers import FAST, SHARED_DATA, launch, needs_shared_data
 from judge_server import KEY_ENV, REWRITE_PREFIX, RefinerServer
+from rt_lab.compare.paper import paper_table
 from rt_lab.data.datasets import load_rows
 from rt_lab.data.refine import NO_MARKER, NOTHING_AFTER_MARKER, extract_rewrite, refine_rows, responses
 from rt_lab.data.rows import make_row
@@ -296,6 +297,43 @@ def test_refine_options_compose_and_name_the_run(compose, option):
         assert (refine["max_tokens"], refine["backend"]["model"]) == (8192, "meta-llama/Llama-3.1-70B-Instruct")
         assert refine["backend"]["api_key_env"] == "RT_LAB_REFINE_KEY"
     assert compose(["dataset=lima_an"]).dataset.get("refine") is None
+
+
+def test_vs_original_is_the_default_comparison_but_for_the_reference(compose):
+    default, refined = (OmegaConf.to_container(compose([f"compare={option}"]).compare)
+                        for option in ("default", "vs_original"))
+    assert default.keys() == refined.keys() and default["reference"].keys() == refined["reference"].keys()
+    assert refined["reference"]["select"] == {"dataset": {"refine": None}}
+    assert refined["reference"]["match"] == ["model", "method", *default["reference"]["match"][1:]]
+    assert {key: value for key, value in refined.items() if key != "reference"} == \
+        {key: value for key, value in default.items() if key != "reference"}
+
+
+def test_a_refined_preset_is_a_rt_vs_it_with_a_refined_twin_of_every_job(compose):
+    refined, original = compose(["sweeps=a_refined"]), compose(["sweeps=a_rt_vs_it"])
+    for key in ("adapter", "template", "trainer", "data", "generation", "prompts", "judge"):
+        assert refined[key] == original[key], key
+    assert refined.hydra.sweeper.params == original.hydra.sweeper.params
+    arms = [list(arm) for arm in original.hydra.sweeper.paired]
+    assert [list(arm) for arm in refined.hydra.sweeper.paired] == arms + [[*arm, "dataset/refine=openai"]
+                                                                          for arm in arms]
+    assert refined.hydra.runtime.choices.compare == "vs_original"
+    assert refined.compare.paper_table == "a_table29"
+
+
+@needs_shared_data
+def test_table29_figures_are_those_of_the_transcribed_anchors():
+    anchors = json.loads((SHARED_DATA / "an_rt" / "paper_anchors_v3.json").read_text())
+    published = anchors["table29_refined_responses_LC_winrate_vs_same_method_on_original"]
+    models = {"llama31_8b": "Llama-3.1-8B", "gemma2_9b": "Gemma-2-9B", "gemma2_2b": "Gemma-2-2B",
+              "mistral_7b": "Mistral-7B-v0.3"}
+    datasets = {"alpaca_an": "Alpaca", "dolly_an": "Dolly", "lima_an": "LIMA"}
+    table = paper_table("a_table29")
+    assert len(table.rows) == 24
+    for row in table.rows:
+        keys = row.keys
+        expected = published[models[keys["model"]]][keys["method"].upper()][datasets[keys["dataset"]]]
+        assert row.figures == {"lc_win_rate": (expected, None)}
 
 
 def test_vs_original_pairs_each_refined_run_with_the_same_method_on_original_data(tmp_path, compose):
