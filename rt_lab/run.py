@@ -47,9 +47,10 @@ def run_base(cfg: Any) -> Base:
 
 
 def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: list[Any],
-                  callbacks: Sequence[Any] = ()) -> RunModel:
+                  callbacks: Sequence[Any] = ()) -> RunModel | None:
     """The trained model, trained and exported now, or already when this run dir finished training. It always
-    comes back from the export, so a first run and a rerun generate from the same weights."""
+    comes back from the export, so a first run and a rerun generate from the same weights. None in the processes
+    other than rank 0 of a multi-process training run: rank 0 alone exports and generates."""
     layout = RunDir(run_dir)
     export_dir = layout.model
     base = run_base(cfg)
@@ -57,9 +58,11 @@ def trained_model(cfg: Any, tokenizer: Any, template: Any, run_dir: Path, logger
     if layout.trained_marker.is_file():
         log.info("training already finished; loading %s", export_dir)
     else:
-        # train()'s result goes straight into save, its only holder, which can then free it
-        export.save(train(cfg, base.load(), tokenizer, template, run_dir, loggers, callbacks), tokenizer, export_dir,
-                    base)
+        # save must be the trained model's only holder, so that it can free it: the list hands it over
+        trained = [train(cfg, base.load(), tokenizer, template, run_dir, loggers, callbacks)]
+        if trained[0] is None:
+            return None
+        export.save(trained.pop(), tokenizer, export_dir, base)
         free_memory()
         layout.trained_marker.touch()
     return RunModel(export_dir, partial(export.load, export_dir, base))
@@ -105,6 +108,9 @@ def run(cfg: Any) -> Path:
                                       run_dir, loggers)
         model = trained_model(train_cfg, tokenizer, template, run_dir, loggers, [epochs.callback()] if epochs else []) \
             if cfg.method.train else base_model(cfg)
+        if model is None:
+            log.info("training finished; rank 0 exports and generates")
+            return layout.outputs
         answer = make_generator(cfg, tokenizer, model)
         outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
                                    cfg.run.name, run_dir, cfg.generation.instruction_prefix)

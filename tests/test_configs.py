@@ -244,7 +244,7 @@ TRAINERS = {  # name: (accelerator, devices, strategy, precision, lr)
     "cpu": ("cpu", 1, "auto", "32-true", 2.0e-4),
     "gpu": ("gpu", 1, "auto", "bf16-mixed", 1.0e-5),
     "ddp": ("gpu", 2, "ddp", "bf16-mixed", 1.0e-5),
-    "fsdp": ("gpu", 2, "fsdp", "bf16-mixed", 1.0e-5),
+    "fsdp": ("gpu", 2, "rt_lab.train.fsdp.LayerWrappedFSDP", "bf16-mixed", 1.0e-5),
 }
 
 
@@ -261,9 +261,13 @@ def check_trainer(cfg: DictConfig, option: str) -> None:
     assert trainer.schedule.name in ("linear", "cosine", "constant")
     if option in TRAINERS:
         expected = TRAINERS[option]
-        actual = (lightning.accelerator, lightning.devices, lightning.strategy, lightning.precision,
+        strategy = lightning.strategy if isinstance(lightning.strategy, str) else lightning.strategy._target_
+        actual = (lightning.accelerator, lightning.devices, strategy, lightning.precision,
                   optimizer.keywords["lr"])
         assert actual == expected
+    if option == "fsdp":  # the strategy config builds (its layers resolve on the model: tests/test_fsdp.py)
+        strategy = instantiate(lightning.strategy)
+        assert (strategy.layers, strategy.activation_checkpointing, strategy._state_dict_type) == (None, False, "full")
 
 
 def check_judge(cfg: DictConfig, option: str) -> None:

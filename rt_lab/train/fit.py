@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from rt_lab.train import fsdp
 from rt_lab.train.adapters import apply_adapter
 from rt_lab.data.datamodule import InstructionDataModule
 from rt_lab.train.module import CausalLMModule
@@ -47,7 +48,9 @@ def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionData
 
 def trainable(model: Any, cfg: Any) -> Any:
     """The model as training updates it: the configured adapter applied, every trainable weight fp32."""
-    model = apply_adapter(model, cfg.adapter, cfg.trainer.gradient_checkpointing)
+    # under trainer=fsdp the strategy checkpoints whole FSDP units instead (rt_lab/train/fsdp.py)
+    checkpointing = cfg.trainer.gradient_checkpointing and not fsdp.configured(cfg.trainer.lightning.strategy)
+    model = apply_adapter(model, cfg.adapter, checkpointing)
     keep_master_weights_fp32(model)
     return model
 
@@ -60,16 +63,19 @@ def trained(model: Any, cfg: Any) -> Any:
 def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
           callbacks: Sequence[Any] = ()) -> Any:
     """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model, a full
-    fine-tune back in `model.dtype` (rt_lab/train/precision.py)."""
+    fine-tune back in `model.dtype` (rt_lab/train/precision.py). In a run of several processes only rank 0 gets
+    the model (the others get None): it alone exports and generates."""
     check_precision(cfg.trainer.lightning.precision, cfg.trainer.allow_low_precision_weights)
+    fsdp.check_strategy(cfg.trainer.lightning.strategy)
     model = trainable(model, cfg)
     data = build_datamodule(cfg, tokenizer, template)
     module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
                             cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization,
                             cfg.trainer.fused_loss)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
-    last = RunDir(run_dir).checkpoint
-    if last.is_file():
+    last = RunDir(run_dir).checkpoint  # a file, or a folder of shards (trainer=fsdp, state_dict_type=sharded)
+    if last.exists():
         log.info("resuming training from %s", last)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    return trained(module.model, cfg)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    model = fsdp.unsharded(module.model)  # every rank joins the gather
+    return trained(model, cfg) if trainer.is_global_zero else None

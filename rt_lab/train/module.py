@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from rt_lab.train.adapters import count_parameters
+from rt_lab.train.fsdp import is_sharded
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.train.optim import build_schedule
 from rt_lab.train.token_losses import FusedHead, fused_head
@@ -68,7 +69,15 @@ class CausalLMModule(L.LightningModule):
 
     def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
         wrapped = self.trainer.strategy.model
+        # DDP only: under trainer=fsdp the strategy's model is this module (FSDP wraps self.model), so each
+        # micro-batch reduce-scatters its gradients; FSDP's no_sync would hold them unsharded in between
         return wrapped.no_sync() if skip and hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+
+    def _clip_gradients(self, optimizer: Any) -> None:
+        if is_sharded(self.model):  # the norm over every rank's shard (Lightning's clipping refuses FSDP)
+            self.model.clip_grad_norm_(self.max_grad_norm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 
     def training_step(self, window: list[dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
         started = time.perf_counter()
@@ -92,7 +101,7 @@ class CausalLMModule(L.LightningModule):
                 self.manual_backward(micro_loss * scale)
             loss_sum += micro_loss.detach()
         if self.max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            self._clip_gradients(optimizer)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

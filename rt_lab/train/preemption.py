@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 from types import FrameType
@@ -14,6 +15,22 @@ from typing import Any, Callable
 import lightning as L
 
 log = logging.getLogger(__name__)
+
+
+def replace(staging: Path, target: Path) -> None:
+    """Put the saved `staging` where `target` is: a file in one atomic rename; a folder of FSDP shards (or a change
+    between file and folder) by moving the old one aside first, then deleting it."""
+    if not (target.is_dir() or (staging.is_dir() and target.exists())):
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(staging, target)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
 
 
 def submitit_signal() -> signal.Signals | None:
@@ -48,9 +65,9 @@ class PreemptionGuard(L.Callback):
         if self.signum is None or not trainer.strategy.reduce_boolean_decision(self.pending is not None, all=False):
             return
         staging = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
-        trainer.save_checkpoint(staging)  # every rank joins; rank 0 writes
+        trainer.save_checkpoint(staging)  # every rank joins; rank 0 writes (FSDP sharded: each rank its shard)
         if trainer.is_global_zero:
-            os.replace(staging, self.checkpoint)
+            replace(staging, self.checkpoint)
             log.warning("saved %s at step %d", self.checkpoint, trainer.global_step)
         self.saved = True
 
