@@ -163,3 +163,24 @@ def test_bf16_mixed_under_fsdp_moves_every_weight_that_got_a_gradient(compose, t
     assert hit > 0.999 * sum(int(m.sum()) for m in moved.values())
     _, exported = attempts(two_ranks, "bf16")[0]
     assert all(value.dtype == torch.bfloat16 for value in exported.values())  # back in model.dtype
+
+
+def test_launch_with_two_fsdp_processes_exports_and_generates_once(tmp_path):
+    """`launch.py trainer=fsdp` as users run it: Lightning starts the second process (the script again, same run
+    dir); both train, rank 0 alone exports the gathered model and answers the prompts."""
+    from safetensors.torch import load_file
+
+    from helpers import FAST, launch
+    from rt_lab.layout import RunDir
+
+    run = RunDir(tmp_path / "run")
+    launch(FAST + ON_CPU + ["adapter=full", "logger=csv", "trainer.checkpoint_every_n_steps=1",
+                            f"hydra.run.dir={run.path}"], tmp_path)
+    assert run.done_marker.is_file() and run.trained_marker.is_file()
+    assert len(json.loads(run.outputs.read_text())) == 3
+    assert "rank 0 exports and generates" in (run.path / "train_ddp_process_1.log").read_text()
+    exported = load_file(run.model / "model.safetensors")
+    trained = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert set(exported) == {key.removeprefix("model.") for key in trained}
+    for name, value in exported.items():
+        assert torch.equal(value, trained[f"model.{name}"]), name
