@@ -58,6 +58,10 @@ SHAPES = {
     "Llama-3.1-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
                          rope_theta=500000.0),
+    # tied like Llama-3.2-1B and untied like Llama-3.1-8B, so the CPU mode takes the paths of both
+    "tiny-tied": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, vocab_size=None, tie_word_embeddings=True,
+                      rope_theta=10000.0),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=None, tie_word_embeddings=False, rope_theta=10000.0),
 }
@@ -84,8 +88,8 @@ class Scale:
 
 REAL = Scale("Llama-3.2-1B", "Llama-3.1-8B", max_length=2048, batch_size=8, micro_batch_size=4, steps=12,
              qlora_micro_batch_size=2, qlora_steps=5, max_new_tokens=256)
-TINY = Scale("tiny", "tiny", max_length=128, batch_size=4, micro_batch_size=2, steps=3, qlora_micro_batch_size=2,
-             qlora_steps=3, max_new_tokens=16)
+TINY = Scale("tiny-tied", "tiny", max_length=128, batch_size=4, micro_batch_size=2, steps=3,
+             qlora_micro_batch_size=2, qlora_steps=3, max_new_tokens=16)
 
 
 @dataclass
@@ -158,6 +162,7 @@ def local_model(context: Context) -> tuple[Path, bool]:
 def random_model(context: Context, shape: str) -> Path:
     """A model folder of `shape` with random weights (bf16) and the local tokenizer, built once per work dir."""
     from rt_lab.models import build_once
+    from rt_lab.train.export import free_memory
 
     def build(staging: Path) -> None:
         import torch
@@ -177,12 +182,15 @@ def random_model(context: Context, shape: str) -> Path:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
 
-    return build_once(context.work / f"random-{shape}", build)
+    folder = build_once(context.work / f"random-{shape}", build)
+    free_memory()  # the built model's cached GPU memory would count as reserved during training
+    return folder
 
 
 def model_label(shape: str, parameters: int) -> str:
-    return f"{shape} shape, random weights ({parameters / 1e9:.2f}B)" if shape != "tiny" else \
-        f"tiny Llama, random weights ({parameters / 1e6:.2f}M)"
+    if shape.startswith("tiny"):
+        return f"{shape} Llama, random weights ({parameters / 1e6:.2f}M)"
+    return f"{shape} shape, random weights ({parameters / 1e9:.2f}B)"
 
 
 def attention() -> str:
@@ -300,8 +308,10 @@ def train_once(context: Context, cfg: Any, folder: Path, callbacks: list[Any], r
 
     from rt_lab.models import load_model, load_tokenizer
     from rt_lab.train.adapters import quantization_config
+    from rt_lab.train.export import free_memory
     from rt_lab.train.fit import train
 
+    free_memory()  # an earlier run's trainer and model, kept alive by reference cycles, go first
     L.seed_everything(cfg.trainer.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model, str(folder))
     training_rows(context, tokenizer)
@@ -383,9 +393,11 @@ def section_packing(context: Context, device: dict[str, Any]) -> list[Row]:
     for packing in (False, True):
         cfg = training_config(context, shape, context.scale.steps, [f"data.packing={str(packing).lower()}"])
         meter = Meter(context.device)
-        model = train_once(context, cfg, folder, [meter.callback], context.work / f"run-packing-{packing}")
+        # only its size is kept: the next run should not share the GPU with this model
+        count = train_once(context, cfg, folder, [meter.callback], context.work / f"run-packing-{packing}") \
+            .num_parameters()
         results[packing] = meter.summary()
-    label = model_label(shape, model.num_parameters())
+    label = model_label(shape, count)
     kernel = cfg.model.attn_implementation
     how = "flash-attention varlen" if kernel == "flash_attention_2" else \
         f"{kernel} with the block-diagonal mask (flash_attn not installed)"

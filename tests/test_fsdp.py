@@ -1,7 +1,8 @@
 """FSDP (`trainer=fsdp`, rt_lab/train/fsdp.py) on CPUs: torch's FSDP runs there over gloo, so two real processes
-(torchrun) train the tiny model through rt_lab's train(). They must take the same steps as one plain device, every
-decoder layer must be its own FSDP unit (checkpointed when asked), a run stopped after 2 steps must resume from
-`last.ckpt` (a file, or a folder of shards) to the same weights, and bf16-mixed must keep fp32 master weights.
+(torchrun) train the tiny model through rt_lab's train(). They must take the same steps as one plain device (the
+fused LM-head loss included), every decoder layer must be its own FSDP unit (checkpointed when asked), a run
+stopped after 2 steps must resume from `last.ckpt` (a file, or a folder of shards) to the same weights, and
+bf16-mixed must keep fp32 master weights.
 
 Left to the GPU (benchmarks/gpu_check.py): NCCL, CUDA bf16 autocast inside the units, FSDP's CPU offload of a
 full state dict (on a CPU torch's offload crashes, so rt_lab gathers without it there)."""
@@ -117,6 +118,8 @@ def test_each_decoder_layer_is_a_checkpointed_unit_with_fp32_master_weights(two_
     assert report["world_size"] == 2 and wrapping["root_is_fsdp"]
     assert wrapping["units"] == wrapping["checkpointed"] == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
     assert not wrapping["hf_gradient_checkpointing"]  # transformers' own would recompute a second time
+    # the fused LM head + cross-entropy, which reads the head's weight itself: gathered inside the root's forward
+    assert wrapping["fused_loss"] and attempts(two_ranks, "bf16")[0][0]["wrapping"]["fused_loss"]
     assert wrapping["flat_param_dtypes"] == ["torch.float32"]
     assert wrapping["mixed_precision"] == ["torch.float32"] * 3  # 32-true
     bf16 = attempts(two_ranks, "bf16")[0][0]["wrapping"]

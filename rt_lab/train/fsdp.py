@@ -5,6 +5,7 @@
   (`layers=[ClassName, ...]` names other classes). The causal LM is FSDP's root, not the LightningModule: Lightning
   would run rt_lab's whole manual-optimization step (micro-batch backwards, clipping, the optimizer step) inside
   the root's forward, where FSDP neither finalizes the gradients of a backward nor allows `clip_grad_norm_`.
+  Each micro-batch's loss runs inside the root's forward instead (`through_root`).
 - Precision: the sharded flat parameters are the fp32 master weights (rt_lab/train/precision.py upcasts them before
   wrapping); a `*-mixed` precision gathers them in 16 bits for the compute and reduces the gradients in fp32, as
   DDP under autocast does. Lightning's own bf16-mixed FSDP config would reduce gradients in bf16 and cast every
@@ -21,7 +22,7 @@ torch's FSDP also runs on CPUs (gloo), which is how the tests check it."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
@@ -106,6 +107,28 @@ def is_sharded(module: Any) -> bool:
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     return isinstance(module, FullyShardedDataParallel)
+
+
+def through_root(model: Any, compute: Callable[[Any], Any]) -> Any:
+    """`compute(causal LM)`; under FSDP inside the root unit's forward. rt_lab's loss calls the decoder and reads
+    the LM head's weight itself (rt_lab/train/token_losses.py), not the model's forward; only inside the root's
+    forward are the weights outside the layer units (embeddings, final norm, LM head) gathered in the compute
+    dtype, and only what that forward returns has its backward finalized by FSDP. The forward is redirected as
+    Lightning does for a training step."""
+    if not is_sharded(model):
+        return compute(model)
+    causal_lm = model.module
+    forward = causal_lm.forward
+
+    def redirected(*args: Any, **kwargs: Any) -> Any:
+        causal_lm.forward = forward  # the computation may call the model's own forward
+        return compute(causal_lm)
+
+    causal_lm.forward = redirected
+    try:
+        return model()
+    finally:
+        causal_lm.forward = forward
 
 
 def configured(strategy: Any) -> bool:

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from rt_lab.train.adapters import count_parameters
-from rt_lab.train.fsdp import is_sharded
+from rt_lab.train.fsdp import is_sharded, through_root
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.train.optim import build_schedule
 from rt_lab.train.token_losses import FusedHead, fused_head
@@ -84,8 +84,9 @@ class CausalLMModule(L.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         if not self.loss_head_chosen:
-            # here, not at setup: under FSDP the head's weights are whole only inside the wrapped forward
-            self.loss_head = fused_head(self.model) if self.fused_loss else None
+            # here, not at setup: under FSDP the head's weights are whole only inside the root's forward
+            with torch.no_grad():  # a probe: nothing of it is trained, and FSDP hooks no backward onto its result
+                self.loss_head = through_root(self.model, fused_head) if self.fused_loss else None
             self.loss_head_chosen = True
         wheres = [supervised_targets(micro) for micro in window]
         local = torch.stack([torch.stack([self.normalization.units(w.counts), w.counts.sum()])
@@ -97,7 +98,8 @@ class CausalLMModule(L.LightningModule):
         loss_sum = torch.zeros((), device=self.device)
         for index, (micro, where) in enumerate(zip(window, wheres)):
             with self._no_sync(index < len(window) - 1):
-                micro_loss = self.normalization.numerator(example_loss_sums(self.model, micro, where, self.loss_head), where.counts)
+                sums = through_root(self.model, lambda lm: example_loss_sums(lm, micro, where, self.loss_head))
+                micro_loss = self.normalization.numerator(sums, where.counts)
                 self.manual_backward(micro_loss * scale)
             loss_sum += micro_loss.detach()
         if self.max_grad_norm:
