@@ -5,7 +5,8 @@
 JOBS.json: {"out": DIR, "jobs": [{"name": ..., "stop_at": N or null, "overrides": [...]}, ...]}, run in order in
 this one process group. A job's run dir is DIR/<name>, so a second job of the same name resumes the first from
 its `last.ckpt`. Rank 0 writes each job's per-step losses and what FSDP wrapped (DIR/<name>/<n>.json, n counting
-the job's attempts) and the weights train() returned (DIR/<name>/<n>.pt)."""
+the job's attempts), the weights train() returned (DIR/<name>/<n>.pt) and the LightningModule's state that
+generation.at_epochs gathers at the end of training (DIR/<name>/<n>-state.pt)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from hydra.utils import instantiate  # noqa: E402
 import rt_lab  # noqa: E402,F401  (registers the config resolvers)
 from rt_lab.models import load_model, load_tokenizer, resolve_path  # noqa: E402
 from rt_lab.train.fit import train  # noqa: E402
+from rt_lab.train.fsdp import full_module_state  # noqa: E402
 
 
 class Observer(L.Callback):
@@ -35,6 +37,7 @@ class Observer(L.Callback):
         self.stop_at = stop_at
         self.losses: dict[int, float] = {}
         self.wrapping: dict = {}
+        self.state: dict[str, torch.Tensor] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
@@ -59,6 +62,9 @@ class Observer(L.Callback):
         if self.stop_at and trainer.global_step >= self.stop_at:
             trainer.should_stop = True
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.state = full_module_state(trainer.strategy)  # every rank joins
+
 
 def run_job(out: Path, job: dict) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -73,6 +79,7 @@ def run_job(out: Path, job: dict) -> None:
         return
     attempt = len(list(run_dir.glob("*.json")))
     torch.save({name: p.detach() for name, p in model.named_parameters()}, run_dir / f"{attempt}.pt")
+    torch.save(observer.state, run_dir / f"{attempt}-state.pt")
     (run_dir / f"{attempt}.json").write_text(json.dumps({"losses": observer.losses, "wrapping": observer.wrapping,
                                                          "world_size": torch.distributed.get_world_size()}))
 

@@ -141,9 +141,12 @@ def test_stopped_and_resumed_fsdp_takes_the_steps_of_one_device(compose, tmp_pat
     reference = dict(single.named_parameters())
     assert set(resumed) == set(reference)
     after_two = attempts(two_ranks, kind)[0][1]
+    gathered = torch.load(two_ranks / kind / "1-state.pt")  # what generation.at_epochs exports mid-training
+    assert set(gathered) == {f"model.{name}" for name in resumed}
     for name, value in resumed.items():
         torch.testing.assert_close(value, reference[name].detach(), rtol=1e-4, atol=1e-6, msg=name)
         assert not torch.equal(value, after_two[name]), f"{name} did not move in step 3"
+        assert torch.equal(gathered[f"model.{name}"], value), name
 
 
 def test_bf16_mixed_under_fsdp_moves_every_weight_that_got_a_gradient(compose, tmp_path, tiny_path, two_ranks):

@@ -42,6 +42,7 @@ from rt_lab.io import atomic_write_json, atomic_write_text
 from rt_lab.judges import Judge, JudgeError, build_judge
 from rt_lab.layout import RunDir
 from rt_lab.train.fit import trainable, trained
+from rt_lab.train.fsdp import full_module_state
 from rt_lab.data.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class EpochEndGeneration(L.Callback):
         if epoch not in selection.epochs or epoch == selection.final:
             return
         if not selection.done(epoch):
-            state = trainer.strategy.lightning_module_state_dict()
+            state = full_module_state(trainer.strategy)  # whole tensors, also when last.ckpt is FSDP shards
             if trainer.is_global_zero:
                 with preserved_rng():
                     selection.generate(epoch, trained_copy(state, selection.base, selection.cfg))

@@ -57,6 +57,11 @@ class LayerWrappedFSDP(FSDPStrategy):
     def lightning_module_state_dict(self) -> dict[str, Any]:
         if self._state_dict_type != "full":
             return super().lightning_module_state_dict()
+        return self.full_state_dict()
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """The LightningModule's whole state, as one device's `state_dict()` (rank 0 only on GPUs), whatever
+        `last.ckpt`'s format. Every rank must call this."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         return get_model_state_dict(self.model, options=full_state_options(self.root_device))
@@ -149,6 +154,13 @@ def full_state_options(device: torch.device) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=device.type != "cpu")
+
+
+def full_module_state(strategy: Any) -> dict[str, Any]:
+    """The LightningModule's whole state under any strategy (on rank 0 at least; every rank must call this)."""
+    if isinstance(strategy, LayerWrappedFSDP):
+        return strategy.full_state_dict()
+    return strategy.lightning_module_state_dict()
 
 
 def unsharded(model: Any) -> Any:
