@@ -477,55 +477,41 @@ def section_fsdp(context: Context, device: dict[str, Any]) -> list[Row]:
 
 
 def section_generation(context: Context, device: dict[str, Any]) -> list[Row]:
+    """The rule head on 16 prompts through rt_lab.generate.parity (each backend as a run builds it)."""
     import importlib.util
-    from functools import partial
-
-    from hydra.utils import instantiate
-    from omegaconf import open_dict
 
     from generation_throughput import count_generated
     from rt_lab.data.prompts import load_prompts
-    from rt_lab.generate.backends import RunModel, make_generator
-    from rt_lab.generate.decode import encode_prompt
-    from rt_lab.models import load_model, load_tokenizer
-    from rt_lab.train.export import free_memory
+    from rt_lab.generate.parity import answers_by_backend
+    from rt_lab.models import load_tokenizer
 
     folder, real = local_model(context)
     label = "SmolLM2-135M-Instruct (real weights)" if real else "tiny Llama (random weights)"
-    cfg = compose(["model=smollm2_135m", "model.dtype=bfloat16", "method=rules", "prompts=file",
-                   "prompts.file=pkg://sample_data/sample.jsonl", "prompts.format=messages", "prompts.limit=16",
-                   f"generation.max_new_tokens={context.scale.max_new_tokens}", "generation.batch_size=16",
-                   f"generation.device={'cuda' if context.cuda else 'cpu'}"])
+    cfg = compose(["model=smollm2_135m", f"+model.local_path={folder}", "model.dtype=bfloat16", "method=rules",
+                   "prompts=file", "prompts.file=pkg://sample_data/sample.jsonl", "prompts.format=messages",
+                   "prompts.limit=16", f"generation.max_new_tokens={context.scale.max_new_tokens}",
+                   "generation.batch_size=16", f"generation.device={'cuda' if context.cuda else 'cpu'}"])
+    instructions = [prompt.instruction for prompt in load_prompts(cfg.prompts)]
+    skipped = None
+    if not context.cuda:
+        skipped = "vLLM needs a CUDA GPU"
+    elif importlib.util.find_spec("vllm") is None:
+        skipped = "vllm is not installed (pip install \"rt_lab[vllm]\")"
+    seconds: dict[str, float] = {}
+    answers = answers_by_backend(cfg, instructions, ("hf",) if skipped else ("hf", "vllm"), seconds)
     tokenizer = load_tokenizer(cfg.model, str(folder))
-    template = instantiate(cfg.template)
-    prompts = [encode_prompt(p.instruction, template, tokenizer, cfg.model.bos) for p in load_prompts(cfg.prompts)]
-    answers: dict[str, list[str]] = {}
-    rows = []
-    for backend in ("hf", "vllm"):
-        if backend == "vllm" and not (context.cuda and importlib.util.find_spec("vllm")):
-            why = "vllm is not installed" if context.cuda else "vLLM needs a CUDA GPU"
-            rows.append(Row("generation: vllm backend", "skipped", label, details=f"{why}; HF answers above"))
-            continue
-        with open_dict(cfg):
-            cfg.generation.backend = backend
-        started = time.perf_counter()
-        answer = make_generator(cfg, tokenizer, RunModel(folder, partial(load_model, cfg.model, str(folder))))
-        if backend == "hf":
-            answer(prompts[:1])  # kernels warm up: vLLM does this while it starts, which is timed apart
-        ready = time.perf_counter()
-        answers[backend] = answer(prompts)
-        elapsed = time.perf_counter() - ready
-        tokens = count_generated(tokenizer, answers[backend])
-        details = f"{len(prompts)} prompts, rule head {list(cfg.rules.enabled)}, start-up {ready - started:.0f} s"
-        if backend == "vllm":
-            same = sum(a == b for a, b in zip(answers["hf"], answers["vllm"]))
-            details += (f"; identical greedy answers {same}/{len(prompts)}; "
-                        f"{tokens / elapsed / rows[0].tokens_per_s:.1f}× HF tokens/s")
-        rows.append(Row(f"generation: {backend} backend", "ok", label, tokens / elapsed, None, None, details,
-                        {"generated_tokens": tokens, "seconds": elapsed}))
-        del answer
-        free_memory()
-    return rows
+    speed = {backend: count_generated(tokenizer, texts) / seconds[backend] for backend, texts in answers.items()}
+    about = f"{len(instructions)} prompts, rule head {list(cfg.rules.enabled)}, greedy"
+    warm_up = "; its one batch includes CUDA's warm-up (vLLM's is in its start-up)" if context.cuda else ""
+    rows = [Row("generation: hf backend", "ok", label, speed["hf"], details=about + warm_up,
+                numbers={"seconds": seconds["hf"]})]
+    if skipped:
+        return rows + [Row("generation: vllm backend", "skipped", label, details=skipped)]
+    same = sum(a == b for a, b in zip(answers["hf"], answers["vllm"]))
+    return rows + [Row("generation: vllm backend", "ok", label, speed["vllm"],
+                       details=f"{about}; identical answers {same}/{len(instructions)}; "
+                       f"{speed['vllm'] / speed['hf']:.1f}× HF tokens/s",
+                       numbers={"seconds": seconds["vllm"], "identical": same})]
 
 
 SECTIONS: dict[str, tuple[Callable[[Context, dict[str, Any]], list[Row]], int]] = {

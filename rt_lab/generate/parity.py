@@ -3,6 +3,7 @@ against the hf one needs a GPU machine)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 from hydra.utils import instantiate
@@ -15,12 +16,13 @@ from rt_lab.run import base_model
 from rt_lab.train.export import free_memory
 
 
-def answers_by_backend(cfg: Any, instructions: Sequence[str], backends: Sequence[str] = ("hf", "vllm")
-                       ) -> dict[str, list[str]]:
+def answers_by_backend(cfg: Any, instructions: Sequence[str], backends: Sequence[str] = ("hf", "vllm"),
+                       seconds: dict[str, float] | None = None) -> dict[str, list[str]]:
     """Each backend's answers to `instructions`, in order, from run config `cfg`'s untrained model with its
     template, rules and generation settings (`instruction_prefix` too), in batches of `generation.batch_size` in
     the order given. A backend's model is released before the next one starts: vLLM claims
-    `gpu_memory_utilization` of the GPU when it starts, so it goes last."""
+    `gpu_memory_utilization` of the GPU when it starts, so it goes last. `seconds`, when given, receives each
+    backend's time spent answering, its start-up (loading, vLLM's warm-up) left out."""
     path = resolve_path(cfg.model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.model, path)
     template = instantiate(cfg.template)
@@ -31,7 +33,10 @@ def answers_by_backend(cfg: Any, instructions: Sequence[str], backends: Sequence
     for backend in backends:
         backend_cfg = OmegaConf.merge(cfg, {"generation": {"backend": backend}})
         answer = make_generator(backend_cfg, tokenizer, base_model(backend_cfg))
+        started = time.perf_counter()
         answers[backend] = [text for i in range(0, len(encoded), size) for text in answer(encoded[i:i + size])]
+        if seconds is not None:
+            seconds[backend] = time.perf_counter() - started
         del answer
         free_memory()
     return answers
