@@ -27,6 +27,7 @@ from rt_lab.layout import RunDir
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.data.datasets import refined_dataset
+from rt_lab.data.incontext import run_template
 from rt_lab.data.prompts import load_prompts
 from rt_lab.train.fit import train
 
@@ -91,7 +92,7 @@ def run(cfg: Any) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, workers=True)
     tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, cfg.paths.cache_dir))
-    template = instantiate(cfg.template)
+    template = run_template(cfg)  # method=icl: its in-context prompt
     prompts = load_prompts(cfg.prompts, cfg.paths.data_dir)  # fail on a bad prompt file before training
     train_cfg = cfg
     if cfg.method.train and cfg.dataset.get("refine") and not layout.trained_marker.is_file():

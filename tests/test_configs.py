@@ -170,7 +170,13 @@ METHODS = {  # name: (train, user_turns, loss_on, requires_single_task)
     "rt": (True, "blank", "assistant", False),
     "single_task": (True, "keep", "assistant", True),
     "rules": (False, "keep", "assistant", False),
+    "icl": (False, "keep", "assistant", False),
 }
+
+
+def method_name(method: DictConfig, option: str) -> str:
+    """A method's name is its option, but for method=icl, whose name carries its prompt (icl_urial, ...)."""
+    return f"icl_{method.prompt}" if option == "icl" else option
 
 
 def check_method(cfg: DictConfig, option: str) -> None:
@@ -178,13 +184,16 @@ def check_method(cfg: DictConfig, option: str) -> None:
     from rt_lab.data.methods import USER_TURNS
 
     method = cfg.method
-    assert method.name == option
+    assert method.name == method_name(method, option)
     assert method.user_turns in USER_TURNS
     assert method.loss_on in LOSS_ON
     assert isinstance(method.train, bool) and isinstance(method.requires_single_task, bool)
     if option in METHODS:
         assert (method.train, method.user_turns, method.loss_on, method.requires_single_task) == METHODS[option]
     assert list(cfg.rules.enabled) == (["eos_ramp", "uniform", "diversity"] if option == "rules" else [])
+    # only method=icl stops decoding at strings and strips its outputs (An et al.'s URIAL markers and fence)
+    expected_stop = ["# Query:", "# Answer:", "# Instruction"] if option == "icl" else []
+    assert (list(cfg.generation.stop), cfg.generation.strip) == (expected_stop, "`" if option == "icl" else None)
 
 
 def check_model(cfg: DictConfig, option: str) -> None:
@@ -359,7 +368,7 @@ def test_sweep_preset_composes(compose, monkeypatch, preset):
     for group in ("model", "dataset", "method", "template", "adapter", "trainer", "prompts"):
         assert (CONF / group / f"{choices[group]}.yaml").is_file(), f"{group}={choices[group]}"
     assert cfg.model.name == choices.model and cfg.dataset.name == choices.dataset
-    assert cfg.method.name == choices.method
+    assert cfg.method.name == method_name(cfg.method, choices.method)
     for key in cfg:
         if key != "hydra" and isinstance(cfg[key], DictConfig):
             OmegaConf.to_container(cfg[key], resolve=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from rt_lab.generate.decode import BatchGenerator, hf_batch_generator
+from rt_lab.generate.decode import BatchGenerator, finish_output, hf_batch_generator
 from rt_lab.generate.rules import build_rules
 from rt_lab.registry import Registry
 
@@ -44,5 +44,10 @@ def vllm_backend(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
 
 
 def make_generator(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
-    """The run's generator, from `generation.backend`."""
-    return BACKENDS.lookup(cfg.generation.get("backend", "hf"), "generation.backend")(cfg, tokenizer, model)
+    """The run's generator, from `generation.backend`, its outputs finished as `generation.stop` and
+    `generation.strip` say."""
+    answer = BACKENDS.lookup(cfg.generation.get("backend", "hf"), "generation.backend")(cfg, tokenizer, model)
+    stop, strip = list(cfg.generation.get("stop") or []), cfg.generation.get("strip")
+    if not stop and strip is None:
+        return answer
+    return lambda batch: [finish_output(text, stop, strip) for text in answer(batch)]

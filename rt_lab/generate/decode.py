@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StopStringCriteria
 
 from rt_lab.io import atomic_write_json, read_append_log
 from rt_lab.layout import RunDir
@@ -57,7 +58,17 @@ def generation_config(cfg: Any, tokenizer: Any) -> Any:
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
     return GenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.get("min_new_tokens"),
                             do_sample=cfg.do_sample, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                            **sampling)
+                            stop_strings=list(cfg.get("stop") or []) or None, **sampling)
+
+
+def finish_output(text: str, stop: Sequence[str], strip: str | None) -> str:
+    """An output as the run keeps it: cut before the first stop string (the hf backend's text still holds the one
+    it stopped at, vLLM drops it), then, when `strip` is a string, stripped of whitespace and of `strip`'s
+    characters at its end (An et al.'s `.strip()` then `.rstrip("`")`)."""
+    cuts = [at for at in (text.find(marker) for marker in stop) if at >= 0]
+    if cuts:
+        text = text[:min(cuts)]
+    return text if strip is None else text.strip().rstrip(strip)
 
 
 @torch.inference_mode()
@@ -76,7 +87,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt],
         head = RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start)
     config = copy.deepcopy(config)
     config.eos_token_id = stops = stop_token_ids(tokenizer, model.generation_config)
-    tokens = decode(model, input_ids.to(device), attention.to(device), config, head)
+    # transformers' matcher of the config's stop strings against token ids (it needs the tokenizer's vocabulary)
+    stop = StopStringCriteria(tokenizer, config.stop_strings) if config.stop_strings else None
+    tokens = decode(model, input_ids.to(device), attention.to(device), config, head, stop)
     return tokenizer.batch_decode([until_stop(row, stops) for row in tokens], skip_special_tokens=True)
 
 

@@ -7,7 +7,8 @@ next forward runs on the rows still decoding.
 
 Each step follows `generate`'s order: logits of the last position in fp32, EOS blocked before `min_new_tokens`, the
 rule head (product of experts), then for sampling temperature, top-k and top-p (transformers' own warpers) and
-a multinomial draw; greedy takes the argmax. Only the given config counts: unlike `generate`, nothing is merged
+a multinomial draw; greedy takes the argmax. A row also finishes when its text reaches one of the config's stop
+strings (transformers' `StopStringCriteria`). Only the given config counts: unlike `generate`, nothing is merged
 in from the checkpoint's `generation_config.json` (a chat model's default sampling cannot switch on unasked)."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import (DynamicCache, GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper,
-                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (DynamicCache, GenerationConfig, LogitsProcessorList, StopStringCriteria,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from rt_lab.generate.rules import RuleHead
 
@@ -42,9 +43,9 @@ def sampling_warpers(config: GenerationConfig) -> LogitsProcessorList:
 
 @torch.inference_mode()
 def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
-           head: RuleHead | None = None) -> list[list[int]]:
-    """The new tokens of every row of a left-padded batch, each up to and including its EOS (at most
-    `config.max_new_tokens`)."""
+           head: RuleHead | None = None, stop: StopStringCriteria | None = None) -> list[list[int]]:
+    """The new tokens of every row of a left-padded batch, each up to and including its EOS or the token that
+    completes a stop string (at most `config.max_new_tokens`)."""
     device = input_ids.device
     eos = torch.tensor(eos_ids(config), device=device)
     warpers = sampling_warpers(config) if config.do_sample else None
@@ -71,7 +72,10 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, co
         new_tokens[live, step] = token
         if step + 1 == config.max_new_tokens:
             break
+        ids = torch.cat([ids, token[:, None]], dim=1)
         finished = torch.isin(token, eos)
+        if stop is not None:  # the row's text now ends in a stop string
+            finished |= stop(ids, None)
         if finished.any():
             lengths[live[finished]] = step + 1
             keep = (~finished).nonzero()[:, 0]
@@ -82,7 +86,6 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, co
             cache.batch_select_indices(keep)
             if head is not None:
                 head.select_rows(keep)
-        ids = torch.cat([ids, token[:, None]], dim=1)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
         positions = positions[:, -1:] + 1
         logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,

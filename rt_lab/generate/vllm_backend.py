@@ -45,7 +45,7 @@ def sampling_args(cfg: Any, stops: Sequence[int], rules: dict[str, Any] | None,
     """One request's `vllm.SamplingParams` arguments from `generation` (`cfg`): greedy is temperature 0."""
     return {"max_tokens": cfg.max_new_tokens, "min_tokens": cfg.get("min_new_tokens") or 0,
             "temperature": cfg.temperature if cfg.do_sample else 0.0, "top_p": cfg.top_p,
-            "stop_token_ids": list(stops),
+            "stop_token_ids": list(stops), "stop": list(cfg.get("stop") or []) or None,
             "extra_args": request_args(rules, prompt.instruction_start) if rules else None}
 
 
