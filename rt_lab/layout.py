@@ -15,6 +15,7 @@ A run dir (one job, `paths.run_dir`):
     epochs/<N>/                  generation.at_epochs: epoch N's generations.jsonl, model_outputs.json, comparison/
     epochs/summary.json, epochs/judgments.jsonl   every listed epoch; the judge cache of the epochs' comparisons
     comparison/vs_<reference>.json   the run judged against a reference (rt_lab.compare)
+    analysis/<name>/             an analysis of the run (rt_lab.analysis), e.g. analysis/similarity_gsm8k/
     csv/metrics.csv, wandb_run_id    the loggers' metrics; the run's W&B id, drawn once
     run.done                     the whole job finished: a resumed sweep does not launch it again
 
@@ -85,6 +86,9 @@ class RunDir:
 
     def eval_dir(self, name: str) -> Path:
         return self.path / "eval" / name
+
+    def analysis_dir(self, name: str) -> Path:
+        return self.path / "analysis" / name
 
     def verdicts(self, reference: str) -> Path:
         """The rows and metrics of this run judged against `reference` (a reference name, not yet made safe)."""

@@ -23,7 +23,7 @@ from rt_lab.io import atomic_write_text
 from rt_lab.compare.epoch_selection import report as epoch_report
 from rt_lab.judges import Judge, build_judge
 from rt_lab.layout import SweepDir
-from rt_lab.overrides import override_key
+from rt_lab.overrides import compose_root, override_key
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference, and add the papers' figures and numbers the
@@ -107,10 +107,6 @@ def configured_judge(cfg: Any) -> Judge:
 def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
     """The root config with the sweep's own judge/compare/logger choices and its preset (`sweeps=`, which may set
     compare/) from its multirun.yaml, then `overrides` on top."""
-    from hydra import compose, initialize_config_dir
-
-    import rt_lab  # noqa: F401  (resolvers)
-
     inherited = []
     saved = SweepDir(sweep_dir).multirun_config
     if saved.is_file():
@@ -118,9 +114,7 @@ def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
         inherited = [str(o) for o in task
                      if override_key(str(o)).replace("/", ".").split(".")[0]
                      in ("judge", "compare", "logger", "paths", "sweeps")]
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose("config", overrides=inherited + list(overrides))
+    return compose_root(inherited + list(overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
