@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-# texts -> one row per text; what the analyses take, so a test can pass a hand-checkable one
+# (texts, label) -> one vector per text, the label naming the set in progress output; what the analyses take, so
+# a test can pass a hand-checkable one
 Embed = Callable[[Sequence[str], str], np.ndarray]
 
 NOMIC = "nomic-ai/nomic-embed-text-v1"
