@@ -16,7 +16,7 @@ from helpers import FAST, SHARED_DATA, launch, needs_shared_data
 from judge_server import judge_overrides
 from rt_lab.data.incontext import SLOT, InContextTemplate, load_prompt, run_template
 from rt_lab.data.rows import Message
-from rt_lab.generate.decode import encode_prompt, finish_output, generate_batch, generation_config
+from rt_lab.generate.decode import EncodedPrompt, encode_prompt, finish_output, generate_batch, generation_config
 from rt_lab.io import package_path
 
 MARKERS = ["# Query:", "# Answer:", "# Instruction"]
@@ -126,6 +126,16 @@ def test_stop_strings_end_real_decoding_where_the_text_reaches_them(tiny_path, t
     assert marker in stopped and len(stopped) < len(full)
     assert full.startswith(stopped.split(marker)[0])
     assert finish_output(stopped, [marker], None) == full[:start]
+
+
+def test_vllm_requests_carry_the_stop_strings(compose):
+    """The vLLM backend's request arguments (vLLM itself needs a GPU): its own stop strings, which it leaves out
+    of the text, beside the EOS ids."""
+    from rt_lab.generate.vllm_backend import sampling_args
+
+    encoded = EncodedPrompt([1, 2, 3], 1)
+    assert sampling_args(compose(["method=icl"]).generation, [1], None, encoded)["stop"] == MARKERS
+    assert sampling_args(compose(["method=it"]).generation, [1], None, encoded)["stop"] is None
 
 
 def test_the_preset_and_the_prompt_choices_compose(compose):
