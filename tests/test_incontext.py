@@ -128,6 +128,22 @@ def test_stop_strings_end_real_decoding_where_the_text_reaches_them(tiny_path, t
     assert finish_output(stopped, [marker], None) == full[:start]
 
 
+def test_answers_by_backend_frame_and_finish_as_a_run(compose, tiny_path, tiny_tokenizer):
+    """The backend check (rt_lab.generate.parity) reads method=icl's prompt and finishes its answers as a run."""
+    from transformers import AutoModelForCausalLM
+
+    from rt_lab.generate.decode import hf_batch_generator
+    from rt_lab.generate.parity import answers_by_backend
+
+    cfg = compose(["model=tiny", "method=icl", "method.prompt=zero_shot", "generation.max_new_tokens=8",
+                   "generation.device=cpu"])
+    instructions = ["Hi", "Why?"]
+    answers = answers_by_backend(cfg, instructions, backends=("hf",))
+    answer = hf_batch_generator(AutoModelForCausalLM.from_pretrained(tiny_path), tiny_tokenizer, cfg.generation)
+    encoded = [encode_prompt(text, prompt("zero_shot"), tiny_tokenizer, "auto") for text in instructions]
+    assert answers == {"hf": [finish_output(text, MARKERS, "`") for text in answer(encoded)]}
+
+
 def test_vllm_requests_carry_the_stop_strings(compose):
     """The vLLM backend's request arguments (vLLM itself needs a GPU): its own stop strings, which it leaves out
     of the text, beside the EOS ids."""
