@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 from rt_lab.data.templates import TagTemplate
 from rt_lab.generate.decode import encode_prompt, generation_config
 from rt_lab.generate.loop import decode
-from rt_lab.generate.rules import RuleHead, build_rules
+from rt_lab.generate.rule_head import RuleHead
+from rt_lab.generate.rules import build_rules
 
 TEXTS = ["Hi", "Write a long and winding sentence about rivers and the sea.", "Why?", "List three colours.",
          "Tell me a story about a cat."]

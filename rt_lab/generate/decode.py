@@ -3,7 +3,7 @@
 Prompts are sorted by length into a fixed plan of left-padded batches, decoded by rt_lab.generate.loop (rows leave
 a batch as they finish). Each finished batch is appended to a
 JSONL file; a rerun skips the batches already answered and regenerates the others whole, so an interrupted run
-ends with the same file as an uninterrupted one. An optional rule head (rt_lab.generate.rules) joins every batch."""
+ends with the same file as an uninterrupted one. An optional rule head (rt_lab.generate.rule_head) joins every batch."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from rt_lab.layout import RunDir
 from rt_lab.data.tokens import tokenize
 from rt_lab.data.prompts import Prompt
 from rt_lab.generate.loop import decode
-from rt_lab.generate.rules import Rule, RuleHead
+from rt_lab.generate.rule_head import RuleHead
+from rt_lab.generate.rules import Rule
 from rt_lab.generate.stopping import stop_token_ids, until_stop
 from rt_lab.data.templates import Template
 

@@ -19,7 +19,7 @@ import torch
 from transformers import (DynamicCache, GenerationConfig, LogitsProcessorList, StopStringCriteria,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from rt_lab.generate.rules import RuleHead
+from rt_lab.generate.rule_head import RuleHead
 
 
 def eos_ids(config: GenerationConfig) -> list[int]:
