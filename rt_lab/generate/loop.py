@@ -90,4 +90,4 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, co
         positions = positions[:, -1:] + 1
         logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
                        cache=cache, use_cache=True).logits[:, -1]
-    return [row[:length].tolist() for row, length in zip(new_tokens, lengths.tolist())]
+    return [row[:length] for row, length in zip(new_tokens.tolist(), lengths.tolist())]  # one copy to the host
