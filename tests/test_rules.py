@@ -128,12 +128,12 @@ def test_start_rule_scores_first_tokens(tiny_tokenizer):
     assert [rule.first_token_score(t) for t in [" I", "I", " Okay", " Sure", "(", " 7", ""]] == \
         [-3.0, -3.0, 10.0, 1.0, -1.0, 0.0, 0.0]
     vocab = len(tiny_tokenizer)
-    r = rule.scores(step([0, 1, 2, 3], vocab=vocab), vocab)
+    r = rule.scores(step([0, 1, 2, 3, -1], vocab=vocab), vocab)  # t < 0: a prompt chunk's row in vLLM
     bang, newline = resolve_token_strings(tiny_tokenizer, ["!", "\n"]).values()
     assert r[0].tolist() == pytest.approx((5 * rule.first).tolist())
     assert r[1, bang].tolist() == [15.0] * len(bang) and r[1].abs().sum() == 15.0 * len(bang)
     assert r[2, newline].tolist() == [-10.0] * len(newline) and r[2].abs().sum() == 10.0 * len(newline)
-    assert not r[3].any()
+    assert not r[3:].any()
 
 
 @pytest.mark.parametrize("name", ["eos_ramp", "uniform", "diversity", "start"])

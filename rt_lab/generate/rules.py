@@ -176,6 +176,7 @@ class Start(Rule):
         self.first = torch.tensor([self.first_token_score(text) for text in surfaces])
         resolved = resolve_token_strings(tokenizer, ["!", "\n"])
         self.at_step = {1: (resolved["!"], exclaim), 2: (resolved["\n"], newline)}
+        self._table: torch.Tensor | None = None
 
     def first_token_score(self, text: str) -> float:
         word = text[1:] if text.startswith(" ") else text
@@ -189,15 +190,22 @@ class Start(Rule):
             return -1.0
         return 0.0
 
+    def table(self, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """(4, V): the scores at t = 0, 1 and 2, then a row of zeros for every other t; built once per device, so
+        that a decoding step reads it without a host copy or sync."""
+        if self._table is None or self._table.shape[1] != vocab_size or self._table.device != device:
+            table = torch.zeros(len(self.at_step) + 2, vocab_size)
+            first = self.first[:vocab_size]
+            table[0, : len(first)] = self.scale * first
+            for t, (ids, delta) in self.at_step.items():
+                table[t, ids] = delta
+            self._table = table.to(device)
+        return self._table
+
     def scores(self, step: Step, vocab_size: int) -> torch.Tensor:
-        r = torch.zeros(len(step.generated), vocab_size, device=step.generated.device)
-        first = self.first[:vocab_size].to(r.device)
-        r[step.generated == 0, : len(first)] += self.scale * first
-        for t, (ids, delta) in self.at_step.items():
-            rows = step.generated == t
-            if ids and rows.any():
-                r[rows.nonzero(as_tuple=True)[0][:, None], torch.tensor(ids, device=r.device)] += delta
-        return r
+        table = self.table(vocab_size, step.generated.device)
+        t, zeros = step.generated, len(table) - 1
+        return table[torch.where((t >= 0) & (t < zeros), t, zeros)]
 
 
 def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
