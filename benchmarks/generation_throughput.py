@@ -32,7 +32,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from rt_lab.generate.decode import EncodedPrompt, encode_prompt, generate_batch, generation_config  # noqa: E402
 from rt_lab.models import load_model, load_tokenizer, resolve_path  # noqa: E402
 from rt_lab.data.prompts import load_prompts  # noqa: E402
-from rt_lab.generate.rules import RuleHead, build_rules  # noqa: E402
+from rt_lab.generate.rule_head import RuleHead  # noqa: E402
+from rt_lab.generate.rules import build_rules  # noqa: E402
 from rt_lab.generate.stopping import stop_token_ids, until_stop  # noqa: E402
 
 

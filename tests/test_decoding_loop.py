@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from rt_lab.data.templates import TagTemplate
-from rt_lab.generate.decode import encode_prompt, generation_config
+from rt_lab.generate.decode import batch_rule_head, encode_prompt, generation_config, left_padded
 from rt_lab.generate.loop import decode
-from rt_lab.generate.rules import RuleHead, build_rules
+from rt_lab.generate.rules import build_rules
 
 TEXTS = ["Hi", "Write a long and winding sentence about rivers and the sea.", "Why?", "List three colours.",
          "Tell me a story about a cat."]
@@ -20,23 +20,6 @@ TEXTS = ["Hi", "Write a long and winding sentence about rivers and the sea.", "W
 @pytest.fixture(scope="module")
 def model(tiny_path):
     return AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).eval()
-
-
-def left_padded(prompts, pad_id):
-    width = max(len(p.ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id)
-    attention = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt.ids):] = torch.tensor(prompt.ids)
-        attention[row, width - len(prompt.ids):] = 1
-    return ids, attention, width
-
-
-def head_for(rules, prompts, width):
-    if not rules:
-        return None
-    starts = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts])
-    return RuleHead(rules, torch.full((len(prompts),), width), starts)
 
 
 def config_with_eos(tokenizer, eos: int, max_new_tokens: int = 16, **extra):
@@ -63,18 +46,18 @@ def test_greedy_answers_equal_transformers_generate_while_finished_rows_leave(mo
     from tests.test_rules import paper_rules_cfg
 
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
-    ids, attention, width = left_padded(prompts, tiny_tokenizer.pad_token_id)
+    ids, attention = left_padded(prompts, tiny_tokenizer.pad_token_id)
     config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, ids, attention))
     rules = build_rules(paper_rules_cfg(*rule_names), tiny_tokenizer) if rule_names else []
-    head = head_for(rules, prompts, width)
+    head = batch_rule_head(rules, prompts, "cpu")
     expected = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                              logits_processor=[head] if head else None)[:, width:].tolist()
+                              logits_processor=[head] if head else None)[:, ids.shape[1]:].tolist()
 
     batch_sizes = []
     hook = model.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(
         kwargs["input_ids"].shape[0]), with_kwargs=True)
     try:
-        answers = decode(model, ids, attention, config, head_for(rules, prompts, width))
+        answers = decode(model, ids, attention, config, batch_rule_head(rules, prompts, "cpu"))
     finally:
         hook.remove()
     eos = config.eos_token_id
@@ -88,7 +71,7 @@ def test_greedy_answers_equal_transformers_generate_while_finished_rows_leave(mo
 
 def test_min_new_tokens_blocks_eos_and_max_new_tokens_caps_every_row(model, tiny_tokenizer):
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
-    ids, attention, _ = left_padded(prompts, tiny_tokenizer.pad_token_id)
+    ids, attention = left_padded(prompts, tiny_tokenizer.pad_token_id)
     eos = ragged_eos(model, tiny_tokenizer, ids, attention)
     answers = decode(model, ids, attention, config_with_eos(tiny_tokenizer, eos, max_new_tokens=10,
                                                             min_new_tokens=10))
@@ -98,7 +81,7 @@ def test_min_new_tokens_blocks_eos_and_max_new_tokens_caps_every_row(model, tiny
 
 def test_sampling_draws_from_the_seeded_generator_and_every_row_ends(model, tiny_tokenizer):
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
-    ids, attention, _ = left_padded(prompts, tiny_tokenizer.pad_token_id)
+    ids, attention = left_padded(prompts, tiny_tokenizer.pad_token_id)
     config = config_with_eos(tiny_tokenizer, tiny_tokenizer.eos_token_id, do_sample=True, temperature=0.7,
                              top_p=0.9)
     runs = []

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from rt_lab.data.templates import TagTemplate
 from rt_lab.generate.decode import EncodedPrompt, encode_prompt
 from rt_lab.generate.rule_slots import (RULES_KEY, START_KEY, SlotRuleHead, check_request_args)
-from rt_lab.generate.rules import RuleHead, build_rules
+from rt_lab.generate.rule_head import RuleHead
+from rt_lab.generate.rules import build_rules
 from rt_lab.generate.vllm_backend import PROCESSOR, engine_args, sampling_args
 
 INSTRUCTIONS = ["Hi", "Write a long and winding sentence about rivers and the sea.", "Why?",

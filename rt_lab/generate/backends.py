@@ -31,7 +31,7 @@ class RunModel:
 
 @register_backend("hf")
 def hf_backend(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
-    """In-process transformers `generate` with the rule head as a logits processor."""
+    """In-process transformers model, decoded by rt_lab.generate.loop with the rule head."""
     return hf_batch_generator(model(), tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
 
 

@@ -3,7 +3,7 @@
 Prompts are sorted by length into a fixed plan of left-padded batches, decoded by rt_lab.generate.loop (rows leave
 a batch as they finish). Each finished batch is appended to a
 JSONL file; a rerun skips the batches already answered and regenerates the others whole, so an interrupted run
-ends with the same file as an uninterrupted one. An optional rule head (rt_lab.generate.rules) joins every batch."""
+ends with the same file as an uninterrupted one. An optional rule head (rt_lab.generate.rule_head) joins every batch."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from rt_lab.layout import RunDir
 from rt_lab.data.tokens import tokenize
 from rt_lab.data.prompts import Prompt
 from rt_lab.generate.loop import decode
-from rt_lab.generate.rules import Rule, RuleHead
+from rt_lab.generate.rule_head import RuleHead
+from rt_lab.generate.rules import Rule
 from rt_lab.generate.stopping import stop_token_ids, until_stop
 from rt_lab.data.templates import Template
 
@@ -71,20 +72,34 @@ def finish_output(text: str, stop: Sequence[str], strip: str | None) -> str:
     return text if strip is None else text.strip().rstrip(strip)
 
 
+def left_padded(prompts: Sequence[EncodedPrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's input ids and attention mask, left-padded: every prompt ends where generation starts."""
+    width = max(len(p.ids) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt.ids):] = torch.tensor(prompt.ids)
+        attention[row, width - len(prompt.ids):] = 1
+    return input_ids, attention
+
+
+def batch_rule_head(rules: Sequence[Rule], prompts: Sequence[EncodedPrompt],
+                    device: torch.device | str) -> RuleHead | None:
+    """The rule head of `left_padded(prompts)` (None without rules). Its positions live where the logits do: no
+    host-to-device copy per decoding step."""
+    if not rules:
+        return None
+    width = max(len(p.ids) for p in prompts)
+    instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts], device=device)
+    return RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start)
+
+
 @torch.inference_mode()
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt], config: Any,
                    rules: Sequence[Rule] = ()) -> list[str]:
-    width = max(len(p.ids) for p in prompts)
-    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
-        input_ids[row, width - len(prompt.ids):] = torch.tensor(prompt.ids)
-        attention[row, width - len(prompt.ids):] = 1
+    input_ids, attention = left_padded(prompts, tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    head = None
-    if rules:  # the head's positions live where the logits do: no host-to-device copy per decoding step
-        instruction_start = torch.tensor([width - len(p.ids) + p.instruction_start for p in prompts], device=device)
-        head = RuleHead(rules, torch.full((len(prompts),), width, device=device), instruction_start)
+    head = batch_rule_head(rules, prompts, device)
     config = copy.deepcopy(config)
     config.eos_token_id = stops = stop_token_ids(tokenizer, model.generation_config)
     # transformers' matcher of the config's stop strings against token ids (it needs the tokenizer's vocabulary)

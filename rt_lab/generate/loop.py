@@ -19,7 +19,7 @@ import torch
 from transformers import (DynamicCache, GenerationConfig, LogitsProcessorList, StopStringCriteria,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from rt_lab.generate.rules import RuleHead
+from rt_lab.generate.rule_head import RuleHead
 
 
 def eos_ids(config: GenerationConfig) -> list[int]:
@@ -90,4 +90,4 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, co
         positions = positions[:, -1:] + 1
         logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
                        cache=cache, use_cache=True).logits[:, -1]
-    return [row[:length].tolist() for row, length in zip(new_tokens, lengths.tolist())]
+    return [row[:length] for row, length in zip(new_tokens.tolist(), lengths.tolist())]  # one copy to the host

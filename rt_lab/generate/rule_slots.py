@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rt_lab.generate.rules import RULES, Rule, RuleState, build_rules, product_of_experts, rule_scores
+from rt_lab.generate.rule_head import RuleState, product_of_experts, rule_scores
+from rt_lab.generate.rules import RULES, Rule, build_rules
 
 RULES_KEY = "rt_lab_rules"
 START_KEY = "rt_lab_instruction_start"
