@@ -66,7 +66,8 @@ def compose(args: argparse.Namespace, rows_file: str | None = None, packing: boo
     from hydra import initialize_config_dir
 
     overrides = [
-        f"model={args.model}", f"dataset={args.data}", f"paths.data_dir={args.data_dir}", "method=it", "adapter=full", "logger=none", "template=tags",
+        f"model={args.model}", f"dataset={args.data}", f"paths.data_dir={args.data_dir}", "method=it", "adapter=full",
+        "logger=none", "template=tags",
         "trainer=cpu",  # optimizer/schedule/batch settings; the Lightning Trainer itself is built below
         "trainer.optimizer.lr=1e-4", "trainer.optimizer.weight_decay=0.0", "trainer.max_grad_norm=1.0",
         "trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0.0",
@@ -189,8 +190,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool) -> 
     from rt_lab.train.adapters import apply_adapter
     from rt_lab.data.masking import IGNORE
     from rt_lab.models import load_model, load_tokenizer, resolve_path
-    from rt_lab.train.module import CausalLMModule
-    from rt_lab.train.fit import build_datamodule
+    from rt_lab.train.fit import build_datamodule, build_module
 
     cfg = compose(args, args.rows_file, packing=packing, fused_loss=fused_loss)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -199,9 +199,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool) -> 
     template = instantiate(cfg.template)
     model = apply_adapter(load_model(cfg.model, path), cfg.adapter, cfg.trainer.gradient_checkpointing)
     data = build_datamodule(cfg, tokenizer, template)
-    module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization,
-                            cfg.trainer.fused_loss)
+    module = build_module(cfg, model, data)
     data.setup("fit")  # tokenise now (setup() is idempotent) so the count is known and stays out of the timing
     supervised = sum(example.num_supervised for example in data.examples)
     clock = StepClock(args.device)

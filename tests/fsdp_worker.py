@@ -58,7 +58,7 @@ class Observer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
-        self.wrapping["fused_loss"] = pl_module.loss_head is not None  # chosen inside the first step
+        self.wrapping["fused_loss"] = pl_module.loss_head is not None  # chosen at train start
         if self.stop_at and trainer.global_step >= self.stop_at:
             trainer.should_stop = True
 

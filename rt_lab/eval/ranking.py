@@ -31,10 +31,11 @@ from rt_lab.data.formats import LoadStats
 from rt_lab.data.sources import resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.io import atomic_write_text, read_append_log
-from rt_lab.data.masking import IGNORE, Example, encode_row
+from rt_lab.data.masking import Example, encode_row
 from rt_lab.data.rows import Row, RowError
 from rt_lab.data.templates import Template
-from rt_lab.train.token_losses import fused_head, supervised_token_losses
+from rt_lab.train.loss import example_loss_sums, supervised_targets
+from rt_lab.train.token_losses import fused_head
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,10 @@ def mean_nlls(model: Any, examples: Sequence[Example], batch_size: int, cache: P
             # right padding: causal attention keeps the pad tokens (any id) out of every real position
             batch = {key: value.to(device) for key, value in
                      collate_padded([examples[i] for i in indices], pad_id=0).items()}
-            losses = supervised_token_losses(model, batch, head)
-            rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
-            sums = torch.zeros(len(indices), device=device).index_add(0, rows, losses)
-            counts = torch.bincount(rows, minlength=len(indices))
-            for row, index in enumerate(indices):
-                done[keys[index]] = (sums[row] / counts[row]).item()
+            where = supervised_targets(batch)  # every example has a supervised token (rank() drops the others)
+            nlls = example_loss_sums(model, batch, where, head) / where.counts
+            for index, nll in zip(indices, nlls.tolist(), strict=True):
+                done[keys[index]] = nll
             if sink:
                 sink.writelines(json.dumps({"key": keys[i], "nll": done[keys[i]]}) + "\n" for i in indices)
                 sink.flush()

@@ -46,6 +46,12 @@ def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionData
                                  cfg.paths.data_dir)
 
 
+def build_module(cfg: Any, model: Any, data: InstructionDataModule) -> CausalLMModule:
+    """The LightningModule that trains `model` on `data` as the `trainer/` config says."""
+    return CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule, cfg.trainer.max_grad_norm,
+                          data.steps_per_epoch, cfg.trainer.loss_normalization, cfg.trainer.fused_loss)
+
+
 def trainable(model: Any, cfg: Any) -> Any:
     """The model as training updates it: the configured adapter applied, every trainable weight fp32."""
     # under trainer=fsdp the strategy checkpoints whole FSDP units instead (rt_lab/train/fsdp.py)
@@ -69,9 +75,7 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
     fsdp.check_strategy(cfg.trainer.lightning.strategy)
     model = trainable(model, cfg)
     data = build_datamodule(cfg, tokenizer, template)
-    module = CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule,
-                            cfg.trainer.max_grad_norm, data.steps_per_epoch, cfg.trainer.loss_normalization,
-                            cfg.trainer.fused_loss)
+    module = build_module(cfg, model, data)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = RunDir(run_dir).checkpoint  # a file, or a folder of shards (trainer=fsdp, state_dict_type=sharded)
     if last.exists():

@@ -34,8 +34,7 @@ class CausalLMModule(L.LightningModule):
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
         self.fused_loss = fused_loss
-        self.loss_head: FusedHead | None = None
-        self.loss_head_chosen = False
+        self.loss_head: FusedHead | None = None  # chosen in on_train_start
         self.automatic_optimization = False  # accumulation is one window per step, normalised as a whole
         self.supervised_seen = 0
         trainable, total = count_parameters(model)
@@ -66,6 +65,10 @@ class CausalLMModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics({"params/trainable": self.trainable_parameters,
                                 "params/total": self.total_parameters}, step=self.global_step)
+        # the loss path, chosen here, not at setup: the strategy has placed the model by now (under FSDP wrapped it,
+        # and the head's weights are whole only inside the root's forward)
+        with torch.no_grad():  # a probe: nothing of it is trained, and FSDP hooks no backward onto its result
+            self.loss_head = through_root(self.model, fused_head) if self.fused_loss else None
 
     def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
         wrapped = self.trainer.strategy.model
@@ -83,11 +86,6 @@ class CausalLMModule(L.LightningModule):
         started = time.perf_counter()
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        if not self.loss_head_chosen:
-            # here, not at setup: under FSDP the head's weights are whole only inside the root's forward
-            with torch.no_grad():  # a probe: nothing of it is trained, and FSDP hooks no backward onto its result
-                self.loss_head = through_root(self.model, fused_head) if self.fused_loss else None
-            self.loss_head_chosen = True
         wheres = [supervised_targets(micro) for micro in window]
         local = torch.stack([torch.stack([self.normalization.units(w.counts), w.counts.sum()])
                              for w in wheres]).sum(dim=0)

@@ -78,16 +78,14 @@ def _probe_difference(model: Any, fused: FusedHead) -> float:
 
 
 def supervised_token_losses(model: Any, batch: dict[str, torch.Tensor], head: FusedHead | None,
-                            keep: torch.Tensor | None = None) -> torch.Tensor:
+                            keep: torch.Tensor) -> torch.Tensor:
     """fp32 cross-entropies of the supervised targets of labels[:, 1:], row-major (row by row, left to right).
 
-    `keep`, on the reference path: the target columns with any supervised label (None: all), the only positions
-    whose logits the model computes."""
+    `keep`, on the reference path: the target columns with any supervised label, the only positions whose logits
+    the model computes."""
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
     targets = batch["labels"][:, 1:]
     if head is None:
-        if keep is None:
-            keep = torch.arange(targets.shape[1], device=targets.device)
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
         kept = targets[:, keep]
         losses = F.cross_entropy(logits.float().transpose(1, 2), kept, ignore_index=IGNORE, reduction="none")
