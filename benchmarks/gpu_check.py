@@ -13,7 +13,8 @@ end of the script; the exit code is 1 when any section failed):
 * qlora: QLoRA (An et al.'s recipe: 4-bit nf4, LoRA r=64 on all linear layers, gradient checkpointing; AdamW
   with its states in GPU memory, not paged) on a Llama-3.1-8B-shaped model: peak memory against < 24 GiB.
 * packing: the same rows unpacked and packed (flash-attention varlen when flash_attn is installed, else sdpa with
-  the block-diagonal mask): the step-1 loss must agree; supervised tokens/s of each and their ratio.
+  transformers' block-causal mask from position ids): the step-1 loss must agree; supervised tokens/s of each and
+  their ratio.
 * fsdp: `trainer=fsdp` at world size 1 (torch runs FULL_SHARD as NO_SHARD on one rank): steps, then a run stopped
   after step 2 and resumed from `last.ckpt` (full and sharded) against an uninterrupted one.
 * generation: the rule head through rt_lab's backend API, `generation.backend=hf` and `vllm` on 16 prompts:
@@ -403,7 +404,7 @@ def section_packing(context: Context, device: dict[str, Any]) -> list[Row]:
     label = model_label(shape, count)
     kernel = cfg.model.attn_implementation
     how = "flash-attention varlen" if kernel == "flash_attention_2" else \
-        f"{kernel} with the block-diagonal mask (flash_attn not installed)"
+        f"{kernel} with the block-causal mask from position ids (flash_attn not installed)"
     first = results[False]["losses"][1], results[True]["losses"][1]
     difference = abs(first[1] - first[0]) / abs(first[0])
     ratio = results[True]["supervised_tokens_per_s"] / results[False]["supervised_tokens_per_s"]
