@@ -193,12 +193,7 @@ def judge_agreement(sweep_dir: Path, ratings: Sequence[sqlite3.Row]) -> list[dic
 
 def preference_plot(table: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. 8: one horizontal bar per table row, split into A wins / tie / B wins (percent of ratings)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 1.2 + 0.6 * len(table)))
+    figure, axis = plots.pyplot().subplots(figsize=(8, 1.2 + 0.6 * len(table)))
     labels = [f"{row['method_a']} vs {row['method_b']}\n" + " · ".join(
         part for part in (row["model"], row["dataset"], row["setting"]) if part) for row in table]
     left = [0.0] * len(table)
