@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from rt_lab.compare.report import LC_METRICS, markdown_table
+from rt_lab.compare.report import LC_METRICS, markdown_table, plus_minus
 from rt_lab.io import package_path
 
 PAPER_NUMBERS = "pkg://compare/paper_numbers.yaml"
@@ -118,7 +118,7 @@ def markdown(paper: PaperTable, lines: Sequence[dict[str, Any]], unmatched: int)
     def cells(line: dict[str, Any]) -> list[Any]:
         digits = 2 if line["metric"] in FRACTIONS else 1
         return [*(line.get(key, "") for key in keys), *([line["setting"] or "-"] if setting else []), line["metric"],
-                published(line["paper"], line["paper_std"]), number(line["rt_lab"], line["rt_lab_std"], digits),
+                published(line["paper"], line["paper_std"]), plus_minus(line["rt_lab"], line["rt_lab_std"], digits),
                 line["seeds"], "-" if math.isnan(line["delta"]) else f"{line['delta']:+.{digits}f}",
                 {True: "yes", False: "no", None: "-"}[line["within_std"]]]
 
@@ -135,9 +135,3 @@ def markdown(paper: PaperTable, lines: Sequence[dict[str, Any]], unmatched: int)
 def published(mean: float, std: float) -> str:
     """A paper's figure as it prints it (43.3 ± 1.1, 2.4 ± 0.14, 42)."""
     return f"{mean:g}" + ("" if math.isnan(std) else f" ± {std:g}")
-
-
-def number(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any, Sequence
 
-from rt_lab.compare.report import markdown_table, mean_and_std
+from rt_lab.compare.report import markdown_table, mean_and_std, plus_minus
 from rt_lab.compare.runs import Run, describe, varying_overrides
 
 MIX = "dataset.refusal_mix"
@@ -64,7 +64,4 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
 
 
 def rate(row: dict[str, Any], name: str) -> str:
-    mean, std = row.get(name, math.nan), row.get(f"{name}_std", math.nan)
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}")
+    return plus_minus(row.get(name, math.nan), row.get(f"{name}_std", math.nan), 2)

@@ -60,14 +60,19 @@ def reference_counts(counts: Sequence[int]) -> int | str:
 
 
 def spread(row: dict[str, Any], metric: str = "win_rate") -> str:
+    """A table row's `metric` as `plus_minus` writes it; a win rate from one comparison with the judge's standard
+    error instead."""
     mean, std = row[metric], row[f"{metric}_std"]
+    if metric == "win_rate" and not math.isnan(mean) and math.isnan(std) and not math.isnan(row["standard_error"]):
+        return f"{mean:.1f} (se {row['standard_error']:.1f})"
+    return plus_minus(mean, std)
+
+
+def plus_minus(mean: float, std: float, digits: int = 1) -> str:
+    """`mean ± std`, the mean alone without a std, "-" without a mean."""
     if math.isnan(mean):
         return "-"
-    if not math.isnan(std):
-        return f"{mean:.1f} ± {std:.1f}"
-    if metric == "win_rate" and not math.isnan(row["standard_error"]):
-        return f"{mean:.1f} (se {row['standard_error']:.1f})"
-    return f"{mean:.1f}"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
 def markdown_table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
