@@ -12,8 +12,8 @@ from rt_lab.io import atomic_write_json
 
 
 def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
-    """The win-rate plot (`path`, a PNG) from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds (× references),
-    error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
+    """The win-rate plot (`path`, a PNG) from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds
+    (× references), error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
     plt = pyplot()
     panels: dict[tuple[str, str, str], list[dict]] = {}
     for row in table:
