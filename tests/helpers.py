@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import pytest
 from omegaconf import OmegaConf
 
+from rt_lab.layout import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RT_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -46,16 +48,16 @@ def launch(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
 def write_run(root: Path, number: int, compose: Callable, overrides: list[str], outputs: list[dict] | None,
               done: bool = True) -> Path:
     """A job dir as Hydra and rt_lab leave it: the saved config and overrides, outputs, the completion marker."""
-    job = root / str(number)
+    job = RunDir(root / str(number))
     cfg = compose(overrides)
-    (job / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), job / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    job.hydra_config.parent.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), job.hydra_config)
+    OmegaConf.save(OmegaConf.create(overrides), job.hydra_overrides)
     if outputs is not None:
-        (job / "model_outputs.json").write_text(json.dumps(outputs))
+        job.outputs.write_text(json.dumps(outputs))
     if done:
-        (job / "run.done").touch()
-    return job
+        job.done_marker.touch()
+    return job.path
 
 
 def outputs_for(*answers: str) -> list[dict]:

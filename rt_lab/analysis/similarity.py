@@ -185,14 +185,9 @@ def load_inputs(run_dir: Path, task: str, general: str = "lima", data_dir: str |
 
 
 def scatter(points: Sequence[dict[str, Any]], rho: float, task: str, general: str, title: str, path: Path) -> Path:
-    import matplotlib
+    from rt_lab.compare.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")  # files only; no display on cluster nodes
-    import matplotlib.pyplot as plt
-
-    from rt_lab.compare.plots import save_figure
-
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    figure, axis = pyplot().subplots(figsize=(5.5, 4.5))
     axis.scatter([p["x_instruction_to_task"] for p in points], [p["y"] for p in points], s=10, alpha=0.6)
     axis.axhline(0, color="grey", linestyle="--", linewidth=1)
     axis.set_xlabel(f"instruction similarity to {task} training instructions")

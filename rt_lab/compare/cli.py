@@ -14,16 +14,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rt_lab.compare import figures, plots, refusals
+from rt_lab.compare.epoch_selection import report as epoch_report
 from rt_lab.compare.judging import compare_pair
 from rt_lab.compare.paper import beside, paper_table
 from rt_lab.compare.paper import markdown as paper_markdown
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
 from rt_lab.compare.runs import find_runs, missing_jobs, pair_runs, reference_sweep_dirs, varying_overrides
 from rt_lab.io import atomic_write_text
-from rt_lab.compare.epoch_selection import report as epoch_report
 from rt_lab.judges import Judge, build_judge
 from rt_lab.layout import SweepDir
 from rt_lab.overrides import compose_root, override_key
+
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference, and add the papers' figures and numbers the
@@ -41,8 +42,9 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
         print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *notes, sep="\n")
         return None
     layout = SweepDir(sweep_dir)
-    judge = configured_judge(cfg) if pairs or figures.has_epochs(runs) else None
-    if judge and figures.has_epochs(runs):
+    per_epoch = figures.has_epochs(runs)
+    judge = configured_judge(cfg) if pairs or per_epoch else None
+    if per_epoch:
         # first: a run's last-epoch judgments are then cached for the table below (same outputs, same reference)
         epoch_report(sweep_dir, cfg, judge)
     sections, images, table = [], [], []
@@ -122,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. judge=openai compare.reference.file=X")
     parser.add_argument("--pick-epoch", action="store_true",
-                        help="only judge each run's per-epoch outputs (generation.at_epochs) against "
-                             "compare.reference.file and name the best epoch per setting")
+                        help="only judge each run's per-epoch outputs (generation.at_epochs) against its reference "
+                             "(compare.reference) and name the best epoch per setting")
     args = parser.parse_intermixed_args(argv)  # the flag may follow the overrides
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     cfg = comparison_config(args.sweep_dir, args.overrides)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rt_lab.compare import figures, plots
-from rt_lab.compare.report import mean_and_std, spread, write_csv
+from rt_lab.compare.report import markdown_table, mean_and_std, spread, write_csv
 from rt_lab.compare.judging import judge_epoch
 from rt_lab.compare.runs import Reference, describe, find_runs, pair_runs, varying_overrides
 from rt_lab.io import atomic_write_json, atomic_write_text
@@ -90,15 +90,15 @@ def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], r
     cells = {tuple(row[k] for k in SETTING + ("epoch",)): row for row in table}
     chosen = {tuple(p[k] for k in SETTING): p["epoch"] for p in picks}
     head = ["model", "method", "dataset", "setting", "seeds", *[f"epoch {e}" for e in epochs], "best epoch"]
+
+    def line(setting: tuple) -> list[Any]:
+        rows = [cells.get(setting + (epoch,)) for epoch in epochs]
+        return [*setting[:3], setting[3] or "-", max(row["seeds"] for row in rows if row),
+                *[spread(row) if row else "" for row in rows], chosen.get(setting, "-")]
+
     lines = [f"Win rate (%) against {reference} per epoch; mean (± std) over seeds (x references), one "
              f"comparison: (se the judge's standard error). Judge: {json.dumps(judge)}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for setting in sorted({key[:-1] for key in cells}):
-        rows = [cells.get(setting + (epoch,)) for epoch in epochs]
-        seeds = max(row["seeds"] for row in rows if row)
-        lines.append("| " + " | ".join([*map(str, setting[:3]), setting[3] or "-", str(seeds),
-                                        *[spread(row) if row else "" for row in rows],
-                                        str(chosen.get(setting, "-"))]) + " |")
+             *markdown_table(head, map(line, sorted({key[:-1] for key in cells})))]
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from rt_lab.compare.paper import PaperTable, beside
 from rt_lab.compare.plots import error_bar
 from rt_lab.compare.refusals import HEADLINE
+from rt_lab.compare.report import LC_METRICS
 from rt_lab.compare.runs import Run, describe
 
 
@@ -67,8 +68,8 @@ def rule_ablation_series(table: Sequence[dict[str, Any]], sets: dict[str, list[s
     for (model, setting, reference), rows in sorted(groups.items()):
         if len({tuple(sets[row["method"]]) for row in rows}) < 2:
             continue
-        metric = next((key for key in ("lc_win_rate", "lc_win_rate_unofficial")
-                       if any(not math.isnan(row.get(key, math.nan)) for row in rows)), "win_rate")
+        metric = next((key for key in LC_METRICS if any(not math.isnan(row.get(key, math.nan)) for row in rows)),
+                      "win_rate")
         fullest = max((sets[row["method"]] for row in rows), key=len)
         bars = []
         for row in rows:

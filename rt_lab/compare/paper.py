@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from rt_lab.compare.report import LC_METRICS
+from rt_lab.compare.report import LC_METRICS, markdown_table, plus_minus
 from rt_lab.io import package_path
 
 PAPER_NUMBERS = "pkg://compare/paper_numbers.yaml"
@@ -114,16 +114,16 @@ def markdown(paper: PaperTable, lines: Sequence[dict[str, Any]], unmatched: int)
     head = [*keys, *(["setting"] if setting else []), "metric", "paper", "rt_lab", "seeds", "rt_lab - paper",
             "within paper ± std"]
     text = [f"Paper ({paper.id}): {paper.source}.", ""]
+
+    def cells(line: dict[str, Any]) -> list[Any]:
+        digits = 2 if line["metric"] in FRACTIONS else 1
+        return [*(line.get(key, "") for key in keys), *([line["setting"] or "-"] if setting else []), line["metric"],
+                published(line["paper"], line["paper_std"]), plus_minus(line["rt_lab"], line["rt_lab_std"], digits),
+                line["seeds"], "-" if math.isnan(line["delta"]) else f"{line['delta']:+.{digits}f}",
+                {True: "yes", False: "no", None: "-"}[line["within_std"]]]
+
     if lines:
-        text += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for line in lines:
-            digits = 2 if line["metric"] in FRACTIONS else 1
-            cells = [str(line.get(key, "")) for key in keys] + ([line["setting"] or "-"] if setting else [])
-            cells += [line["metric"], published(line["paper"], line["paper_std"]),
-                      number(line["rt_lab"], line["rt_lab_std"], digits), str(line["seeds"]),
-                      "-" if math.isnan(line["delta"]) else f"{line['delta']:+.{digits}f}",
-                      {True: "yes", False: "no", None: "-"}[line["within_std"]]]
-            text.append("| " + " | ".join(cells) + " |")
+        text += markdown_table(head, map(cells, lines))
     if any(math.isnan(line["rt_lab"]) and line["metric"] in LC_METRICS for line in lines):
         text += ["", "rt_lab's LC win rate is defined only on the 805 AlpacaEval instructions with the alpaca_eval "
                      "package (compare.length_controlled)."]
@@ -135,9 +135,3 @@ def markdown(paper: PaperTable, lines: Sequence[dict[str, Any]], unmatched: int)
 def published(mean: float, std: float) -> str:
     """A paper's figure as it prints it (43.3 ± 1.1, 2.4 ± 0.14, 42)."""
     return f"{mean:g}" + ("" if math.isnan(std) else f" ± {std:g}")
-
-
-def number(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")

@@ -12,9 +12,9 @@ from rt_lab.io import atomic_write_json
 
 
 def win_rates(table: Sequence[dict[str, Any]], path: Path) -> list[Path]:
-    """The win-rate plot (`path`, a PNG) from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds (× references),
-    error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
-    plt = _pyplot()
+    """The win-rate plot (`path`, a PNG) from `rt_lab.compare.aggregate` rows: bars = mean win rate over seeds
+    (× references), error bars = their std (one comparison: the judge's standard error); the dashed line is parity."""
+    plt = pyplot()
     panels: dict[tuple[str, str, str], list[dict]] = {}
     for row in table:
         panels.setdefault((row["model"], row["setting"], row["reference"]), []).append(row)
@@ -44,7 +44,7 @@ def win_rate_vs_epoch(panels: Sequence[dict[str, Any]], path: Path) -> Path:
     """The win rate vs epoch plot (`path`, a PNG; its numbers in the JSON beside it) from
     `rt_lab.compare.figures.epoch_series`: one panel per model, one line per method x dataset x setting, error bars
     as in `win_rates`; the dashed line is parity with the reference."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for line in panel["lines"]:
@@ -59,7 +59,7 @@ def refusal_vs_mix(panels: Sequence[dict[str, Any]], path: Path) -> Path:
     its numbers in the JSON beside it) from `rt_lab.compare.figures.refusal_series`: one panel per model x
     dataset, one colour per method (x setting): solid the harmful sets' mean refusal rate, dashed the false-refusal
     rate on XSTest's safe prompts, error bars the std over seeds; hollow markers the paper's figures."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         colours = {}
@@ -92,7 +92,7 @@ def rule_ablation(panels: Sequence[dict[str, Any]], path: Path) -> Path:
     `rt_lab.compare.figures.rule_ablation_series`: one panel per model x setting x reference, one bar per rule set
     (mean over seeds x references, error bars their std), the paper's figure as a black tick where it has one; the
     dashed line is parity."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 1.3 * max(len(p["bars"]) for p in panels))
                                                          * len(panels), 4), squeeze=False)
     for axis, panel in zip(axes[0], panels):
@@ -112,7 +112,8 @@ def rule_ablation(panels: Sequence[dict[str, Any]], path: Path) -> Path:
     return save_figure(figure, path, panels)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only backend: every rt_lab figure is written, never shown."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on cluster nodes

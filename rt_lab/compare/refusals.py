@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any, Sequence
 
-from rt_lab.compare.report import mean_and_std
+from rt_lab.compare.report import markdown_table, mean_and_std, plus_minus
 from rt_lab.compare.runs import Run, describe, varying_overrides
 
 MIX = "dataset.refusal_mix"
@@ -56,16 +56,12 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
     head = ["model", "method", "dataset", "setting", "refusals mixed", "seeds", "mean refusal rate",
             "false refusal rate (XSTest safe)"]
     lines = ["Refusal rates of each run's answers (eval.safety; mean ± std over seeds): the harmful sets' mean, and "
-             "XSTest's safe prompts refused.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table:
-        cells = [row["model"], row["method"], row["dataset"], row["setting"] or "-", str(row["refusal_mix"]),
-                 str(row["seeds"]), *[rate(row, name) for name in HEADLINE]]
-        lines.append("| " + " | ".join(cells) + " |")
+             "XSTest's safe prompts refused.", "",
+             *markdown_table(head, ([row["model"], row["method"], row["dataset"], row["setting"] or "-",
+                                     row["refusal_mix"], row["seeds"], *[rate(row, name) for name in HEADLINE]]
+                                    for row in table))]
     return "\n".join(lines) + "\n"
 
 
 def rate(row: dict[str, Any], name: str) -> str:
-    mean, std = row.get(name, math.nan), row.get(f"{name}_std", math.nan)
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}")
+    return plus_minus(row.get(name, math.nan), row.get(f"{name}_std", math.nan), 2)

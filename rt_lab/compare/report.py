@@ -10,7 +10,7 @@ import math
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from rt_lab.compare.judging import Comparison
 from rt_lab.io import atomic_write_text
@@ -60,14 +60,25 @@ def reference_counts(counts: Sequence[int]) -> int | str:
 
 
 def spread(row: dict[str, Any], metric: str = "win_rate") -> str:
+    """A table row's `metric` as `plus_minus` writes it; a win rate from one comparison with the judge's standard
+    error instead."""
     mean, std = row[metric], row[f"{metric}_std"]
+    if metric == "win_rate" and not math.isnan(mean) and math.isnan(std) and not math.isnan(row["standard_error"]):
+        return f"{mean:.1f} (se {row['standard_error']:.1f})"
+    return plus_minus(mean, std)
+
+
+def plus_minus(mean: float, std: float, digits: int = 1) -> str:
+    """`mean ± std`, the mean alone without a std, "-" without a mean."""
     if math.isnan(mean):
         return "-"
-    if not math.isnan(std):
-        return f"{mean:.1f} ± {std:.1f}"
-    if metric == "win_rate" and not math.isnan(row["standard_error"]):
-        return f"{mean:.1f} (se {row['standard_error']:.1f})"
-    return f"{mean:.1f}"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table: the header, its rule, then one line per row of cells."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
 
 
 def markdown(table: Sequence[dict[str, Any]], notes: Sequence[str], judge: dict[str, Any],
@@ -79,12 +90,13 @@ def markdown(table: Sequence[dict[str, Any]], notes: Sequence[str], judge: dict[
              f"references; one comparison: ± the judge's standard error). Judge: {json.dumps(judge)}"]
     if reference_sweeps:
         lines.append(f"References from this sweep and {', '.join(str(sweep) for sweep in reference_sweeps)}.")
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table:
-        cells = [row["model"], row["method"], row["dataset"], row["setting"] or "-", row["reference"],
-                 str(row["seeds"]), str(row["references"]), spread(row)] + [spread(row, key) for key in lc]
-        cells[-1 - len(lc)] += f" ({row['n_unparsable']} unparsable)" if row["n_unparsable"] else ""
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+
+    def cells(row: dict[str, Any]) -> list[Any]:
+        unparsable = f" ({row['n_unparsable']} unparsable)" if row["n_unparsable"] else ""
+        return [row["model"], row["method"], row["dataset"], row["setting"] or "-", row["reference"], row["seeds"],
+                row["references"], spread(row) + unparsable, *[spread(row, key) for key in lc]]
+
+    lines += ["", *markdown_table(head, map(cells, table))]
     if notes:
         lines += ["", f"Not in this table ({len(notes)}):", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"

@@ -28,8 +28,8 @@ def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Compar
             run.log({f"{prefix}/judgments": wandb.Table(
                 columns=columns, data=[[row[c] for c in columns] for row in comparison.rows])})
     layout = SweepDir(sweep_dir)
-    with wandb.init(id=wandb_run_id(layout.wandb_run_id), dir=str(layout.comparison), name=f"{sweep_dir.name}-summary", job_type="compare",
-                    **common) as run:
+    with wandb.init(id=wandb_run_id(layout.wandb_run_id), dir=str(layout.comparison),
+                    name=f"{sweep_dir.name}-summary", job_type="compare", **common) as run:
         for name, rows in (("summary", metrics), ("table", table)):
             columns = list(dict.fromkeys(key for row in rows for key in row))
             run.log({name: wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})

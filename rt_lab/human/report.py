@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from rt_lab.compare import plots
-from rt_lab.compare.report import write_csv
+from rt_lab.compare.report import markdown_table, write_csv
 from rt_lab.human.agreement import fleiss_kappa, krippendorff_alpha
 from rt_lab.human.store import ACCEPTABILITY, PREFERENCES, Store
 from rt_lab.io import atomic_write_text
@@ -193,12 +193,7 @@ def judge_agreement(sweep_dir: Path, ratings: Sequence[sqlite3.Row]) -> list[dic
 
 def preference_plot(table: Sequence[dict[str, Any]], path: Path) -> Path:
     """Fig. 8: one horizontal bar per table row, split into A wins / tie / B wins (percent of ratings)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 1.2 + 0.6 * len(table)))
+    figure, axis = plots.pyplot().subplots(figsize=(8, 1.2 + 0.6 * len(table)))
     labels = [f"{row['method_a']} vs {row['method_b']}\n" + " · ".join(
         part for part in (row["model"], row["dataset"], row["setting"]) if part) for row in table]
     left = [0.0] * len(table)
@@ -231,9 +226,9 @@ def _cell(value: Any) -> str:
     return str(value) if value not in ("", None) else "-"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> list[str]:
-    lines = ["| " + " | ".join(head for _, head in columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(_cell(row[key]) for key, _ in columns) + " |" for row in rows]
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> list[str]:
+    """A markdown table of `rows`: a (key, header) per column."""
+    return markdown_table([head for _, head in columns], ([_cell(row[key]) for key, _ in columns] for row in rows))
 
 
 def write_report(sweep_dir: Path, db: Path | None = None) -> str:
@@ -265,34 +260,34 @@ def write_report(sweep_dir: Path, db: Path | None = None) -> str:
              f"{sum(item['moderation'] == 'flag' for item in visible)} shown under a warning.", "",
              "Raters: " + ", ".join(f"{rater.name} {done[rater.name]}/{len(visible)}" for rater in store.raters()),
              "", "## Acceptability (% of ratings; An et al. Table 11)", "",
-             *markdown_table(accepted, [*where, ("pair", "pair"), ("method", "method"), ("seeds", "seeds"),
-                                        ("ratings", "ratings"), ("excellent", "Acceptable (Excellent)"),
-                                        ("sufficient", "Acceptable (Sufficient)"), ("acceptable", "Acceptable"),
-                                        ("not_acceptable", "Not acceptable")]),
+             *table(accepted, [*where, ("pair", "pair"), ("method", "method"), ("seeds", "seeds"),
+                               ("ratings", "ratings"), ("excellent", "Acceptable (Excellent)"),
+                               ("sufficient", "Acceptable (Sufficient)"), ("acceptable", "Acceptable"),
+                               ("not_acceptable", "Not acceptable")]),
              "", f"## Preference (% of ratings; An et al. Fig. 8: {plot.name})", "",
-             *markdown_table(preferred, [*where, ("method_a", "A"), ("method_b", "B"), ("items", "items"),
-                                         ("ratings", "ratings"), ("a_wins", "A wins"), ("ties", "tie"),
-                                         ("b_wins", "B wins")]),
+             *table(preferred, [*where, ("method_a", "A"), ("method_b", "B"), ("items", "items"),
+                                ("ratings", "ratings"), ("a_wins", "A wins"), ("ties", "tie"),
+                                ("b_wins", "B wins")]),
              "", "## Inter-rater agreement", "",
              "Krippendorff's alpha over every item rated at least twice (preference: nominal over A / tie / B; "
              "acceptability: ordinal, each response a unit); Fleiss' kappa over the items every rater of the "
              "pair rated.", "",
-             *markdown_table(agreed, [("pair", "pair"), ("judgment", "judgment"), ("raters", "raters"),
-                                      ("krippendorff_alpha", "Krippendorff's alpha"), ("alpha_metric", "metric"),
-                                      ("alpha_units", "units"), ("fleiss_kappa", "Fleiss' kappa"),
-                                      ("fleiss_units", "units (all raters)")]),
+             *table(agreed, [("pair", "pair"), ("judgment", "judgment"), ("raters", "raters"),
+                             ("krippendorff_alpha", "Krippendorff's alpha"), ("alpha_metric", "metric"),
+                             ("alpha_units", "units"), ("fleiss_kappa", "Fleiss' kappa"),
+                             ("fleiss_units", "units (all raters)")]),
              "", "## The LLM judge against the raters", "",
              "The judge's preference is read from the sweep comparison's rows for the same run pair "
              "(`python -m rt_lab.compare`); stale = the judged outputs differ from the rated ones. Agreement: "
              "items where most raters preferred one response and the judge preferred one; beside it, how often "
              "one rater agrees with the other raters' majority. Win rates of A (ties count half) on the judged "
              "items.", "",
-             *markdown_table(judged, [*where, ("pair", "pair"), ("items", "items"), ("judged", "judged"),
-                                      ("stale", "stale"), ("agreement_items", "compared"),
-                                      ("judge_agrees_with_majority", "judge = majority (%)"),
-                                      ("rater_agrees_with_others", "rater = others (%)"),
-                                      ("judge_win_rate_a", "judge: A win rate"),
-                                      ("human_win_rate_a", "raters: A win rate")])]
+             *table(judged, [*where, ("pair", "pair"), ("items", "items"), ("judged", "judged"),
+                             ("stale", "stale"), ("agreement_items", "compared"),
+                             ("judge_agrees_with_majority", "judge = majority (%)"),
+                             ("rater_agrees_with_others", "rater = others (%)"),
+                             ("judge_win_rate_a", "judge: A win rate"),
+                             ("human_win_rate_a", "raters: A win rate")])]
     text = "\n".join(lines) + "\n"
     atomic_write_text(layout.human_report_md, text)
     return text

@@ -24,7 +24,6 @@ __all__ = ["DRAW", "JUDGES", "HFLocalJudge", "Judge", "JudgeError", "Judgment", 
            "SpendCapExceeded", "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply", "register_judge"]
 
 
-
 def build_judge(cfg: Any) -> Judge:
     """The judge a `judge/` config names (`name`), built from its other keys."""
     options = dict(cfg)
