@@ -18,20 +18,24 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` so readers see either the old file or the whole new one, never a torn file."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` so readers see either the old file or the whole new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -25,7 +25,7 @@ from rt_lab.data.rows import make_row
 from rt_lab.judges import JudgeError, Reply, SpendCapExceeded
 from rt_lab.judges.cache import AnswerCache
 from rt_lab.judges.backends import HFLocalJudge
-from test_compare import outputs_for, write_run
+from helpers import outputs_for, write_run
 
 MARKER = "Rewritten response:"
 

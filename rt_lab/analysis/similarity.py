@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +29,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from rt_lab.analysis.embeddings import Embed, Encoder, describe, texts_key
-from rt_lab.io import atomic_write_json, read_records
+from rt_lab.io import atomic_write_bytes, atomic_write_json, read_records
 from rt_lab.layout import RunDir
 
 log = logging.getLogger(__name__)
@@ -117,13 +115,9 @@ def embedded(embed: Embed, texts: Sequence[str], label: str, cache: Path | None)
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # --- where the texts come from --------------------------------------------------------------------------------
