@@ -2,11 +2,12 @@
 
 (a) original: one prompt at a time, no KV cache, the whole sequence recomputed every step, and the rule scores
     recomputed from the whole sequence every step;
-(b) rt_lab with the rule head: length-sorted left-padded batches, KV cache, incremental rule state;
+(b) rt_lab with the rule head: longest prompts first, KV cache, continuous batching (a finished row leaves and
+    the next prompt joins), incremental rule state;
 (c) rt_lab without rules.
 Prints generated tokens/s for each, (b)/(a) speed-up, and how many prompts (a) and (b) answer identically (same
-rules, same greedy decoding). Rules shorten answers, and a batch decodes until its longest row stops, so the
-head's own cost is measured separately: (b) and (c) again with every row decoding exactly max_new_tokens.
+rules, same greedy decoding). Rules change answers' lengths, so the head's own cost is measured separately: (b)
+and (c) again with every row decoding exactly max_new_tokens.
 
     python benchmarks/generation_throughput.py --data-dir ../shared/data
 """
@@ -29,7 +30,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from rt_lab.generate.decode import EncodedPrompt, encode_prompt, generate_batch, generation_config  # noqa: E402
+from rt_lab.generate.decode import (EncodedPrompt, encode_prompt, generate_stream, generation_config,  # noqa: E402
+                                   in_prompt_order)
 from rt_lab.models import load_model, load_tokenizer, resolve_path  # noqa: E402
 from rt_lab.data.prompts import load_prompts  # noqa: E402
 from rt_lab.generate.rule_head import RuleHead  # noqa: E402
@@ -61,13 +63,11 @@ def original(model, tokenizer, prompts: list[EncodedPrompt], rules, max_new_toke
 
 
 def batched(model, tokenizer, prompts: list[EncodedPrompt], rules, config, batch_size: int) -> list[str]:
+    """As a run generates: longest prompt first, `batch_size` rows decoding, refilled as rows finish."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
-    texts: list[str] = [""] * len(prompts)
-    for i in range(0, len(order), batch_size):
-        chunk = order[i:i + batch_size]
-        for index, text in zip(chunk, generate_batch(model, tokenizer, [prompts[j] for j in chunk], config, rules)):
-            texts[index] = text
-    return texts
+    answers = generate_stream(model, tokenizer, [prompts[i] for i in order], config, rules, batch_size)
+    texts = in_prompt_order(answers, len(prompts))
+    return [texts[order.index(i)] for i in range(len(prompts))]
 
 
 def timed(label, func, tokenizer):

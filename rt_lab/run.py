@@ -113,8 +113,8 @@ def run(cfg: Any) -> Path:
             log.info("training finished; rank 0 exports and generates")
             return layout.outputs
         answer = make_generator(cfg, tokenizer, model)
-        outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.generation.batch_size, cfg.model.bos,
-                                   cfg.run.name, run_dir, cfg.generation.instruction_prefix)
+        outputs = generate_outputs(answer, tokenizer, template, prompts, cfg.model.bos, cfg.run.name, run_dir,
+                                   cfg.generation.instruction_prefix)
         log_generation(outputs, loggers)
         if epochs:
             epochs.after_run(outputs)

@@ -1,25 +1,33 @@
-"""The decoding loop (rt_lab/generate/loop.py) answers as `model.generate` does, while finished rows leave the
-batch: checked on the tiny model against transformers' own generate, with and without the rule head."""
+"""The decoding loop (rt_lab/generate/loop.py) answers as `model.generate` does while finished rows leave the batch
+and waiting prompts take their places: checked on the tiny model against transformers' own generate, with and
+without the rule head."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Gemma2Config
 
 from rt_lab.data.templates import TagTemplate
-from rt_lab.generate.decode import batch_rule_head, encode_prompt, generation_config, left_padded
-from rt_lab.generate.loop import decode
+from rt_lab.generate.decode import encode_prompt, generation_config
+from rt_lab.generate.loop import decode, left_padded
+from rt_lab.generate.rule_head import RuleHead
 from rt_lab.generate.rules import build_rules
 
 TEXTS = ["Hi", "Write a long and winding sentence about rivers and the sea.", "Why?", "List three colours.",
-         "Tell me a story about a cat."]
+         "Tell me a story about a cat.", "Name a bird that cannot fly, and say where it lives.", "Count to five."]
+RULES = ("eos_ramp", "uniform", "diversity")
 
 
 @pytest.fixture(scope="module")
 def model(tiny_path):
     return AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    return [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
 
 
 def config_with_eos(tokenizer, eos: int, max_new_tokens: int = 16, **extra):
@@ -29,65 +37,120 @@ def config_with_eos(tokenizer, eos: int, max_new_tokens: int = 16, **extra):
     return config
 
 
-def ragged_eos(model, tokenizer, ids, attention):
-    """A token the untrained model emits at different steps in different rows: used as EOS, it makes the rows of
-    one batch finish at different lengths."""
+def ragged_eos(model, tokenizer, prompts):
+    """A token the untrained model emits at different steps for different prompts: used as EOS, it makes rows
+    finish at different lengths."""
+    ids, attention = left_padded([p.ids for p in prompts], tokenizer.pad_token_id)
     never = config_with_eos(tokenizer, eos=tokenizer.vocab_size + 10 ** 6)
     tokens = model.generate(input_ids=ids, attention_mask=attention, generation_config=never)[:, ids.shape[1]:]
     for token in tokens[0].tolist():
         first = [row.tolist().index(token) if token in row.tolist() else None for row in tokens]
-        if len(set(first)) >= 2:  # None: the row never emits it and runs to max_new_tokens
+        if len(set(first)) >= 3:  # None: the row never emits it and runs to max_new_tokens
             return token
     pytest.fail("no token of the untrained model ends its rows at different steps")
 
 
-@pytest.mark.parametrize("rule_names", [(), ("eos_ramp", "uniform", "diversity")], ids=["plain", "rule_head"])
-def test_greedy_answers_equal_transformers_generate_while_finished_rows_leave(model, tiny_tokenizer, rule_names):
-    from tests.test_rules import paper_rules_cfg
+def generate_one(model, tokenizer, prompt, config, rules):
+    """transformers' generate on one prompt alone (no padding), with the rule head as a logits processor."""
+    ids = torch.tensor([prompt.ids])
+    head = [RuleHead(rules, torch.tensor([len(prompt.ids)]), torch.tensor([prompt.instruction_start]))] \
+        if rules else None
+    row = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                         logits_processor=head)[0, ids.shape[1]:].tolist()
+    eos = config.eos_token_id
+    return row[:row.index(eos) + 1] if eos in row else row
 
-    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
-    ids, attention = left_padded(prompts, tiny_tokenizer.pad_token_id)
-    config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, ids, attention))
-    rules = build_rules(paper_rules_cfg(*rule_names), tiny_tokenizer) if rule_names else []
-    head = batch_rule_head(rules, prompts, "cpu")
-    expected = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                              logits_processor=[head] if head else None)[:, ids.shape[1]:].tolist()
 
-    batch_sizes = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(
-        kwargs["input_ids"].shape[0]), with_kwargs=True)
+def decoded(model, tokenizer, prompts, config, batch_size, rules=()):
+    """The loop's answers in prompt order, with the (rows, new tokens, attention width) of every forward it ran."""
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(
+        (*kwargs["input_ids"].shape, kwargs["attention_mask"].shape[1])), with_kwargs=True)
     try:
-        answers = decode(model, ids, attention, config, batch_rule_head(rules, prompts, "cpu"))
+        answers = dict(decode(model, [p.ids for p in prompts], config, batch_size, tokenizer.pad_token_id, rules,
+                              [p.instruction_start for p in prompts]))
     finally:
         hook.remove()
-    eos = config.eos_token_id
-    for answer, row in zip(answers, expected):
-        cut = row.index(eos) + 1 if eos in row else len(row)
-        assert answer == row[:cut]
-    assert batch_sizes[0] == len(prompts) and batch_sizes[-1] < len(prompts)  # finished rows left
-    assert batch_sizes == sorted(batch_sizes, reverse=True)
-    assert len(batch_sizes) == max(len(a) for a in answers)  # no forward after the last row ended
+    return [answers[i] for i in range(len(prompts))], shapes
 
 
-def test_min_new_tokens_blocks_eos_and_max_new_tokens_caps_every_row(model, tiny_tokenizer):
-    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
-    ids, attention = left_padded(prompts, tiny_tokenizer.pad_token_id)
-    eos = ragged_eos(model, tiny_tokenizer, ids, attention)
-    answers = decode(model, ids, attention, config_with_eos(tiny_tokenizer, eos, max_new_tokens=10,
-                                                            min_new_tokens=10))
+@pytest.mark.parametrize("rule_names", [(), RULES], ids=["plain", "rule_head"])
+@pytest.mark.parametrize("batch_size", [len(TEXTS), 3, 1])  # 1: every row leaves an empty batch
+def test_greedy_answers_equal_generate_one_prompt_at_a_time(model, tiny_tokenizer, prompts, rule_names, batch_size):
+    from tests.test_rules import paper_rules_cfg
+
+    config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts))
+    rules = build_rules(paper_rules_cfg(*rule_names), tiny_tokenizer) if rule_names else []
+    answers, shapes = decoded(model, tiny_tokenizer, prompts, config, batch_size, rules)
+    assert answers == [generate_one(model, tiny_tokenizer, p, config, rules) for p in prompts]
+    rows = [batch for batch, _, _ in shapes]
+    assert max(rows) == batch_size and (batch_size == 1 or min(rows) < batch_size)  # finished rows left
+    # no work on finished rows: a row runs one decoding forward per token after its first (its prefill's)
+    assert sum(batch for batch, new, _ in shapes if new == 1) == sum(len(a) - 1 for a in answers)
+
+
+def test_freed_rows_are_refilled_and_padding_every_row_shares_is_cut(model, tiny_tokenizer, prompts):
+    config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts))
+    answers, shapes = decoded(model, tiny_tokenizer, prompts, config, batch_size=2)
+    prefills = [rows for rows, new, _ in shapes if new > 1]
+    assert len(prefills) >= 3 and sum(prefills) == len(prompts)  # prompts joined as rows freed up
+    assert all(rows <= 2 for rows, _, _ in shapes)
+    # after the longest prompt's row has left, no forward is as wide as it was
+    longest = max(len(p.ids) for p in prompts)
+    last_wide = max(i for i, (_, _, width) in enumerate(shapes) if width >= longest)
+    assert any(width < longest for _, _, width in shapes[last_wide + 1:])
+    assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
+
+
+def test_a_cache_rows_cannot_join_decodes_static_batches_with_the_same_answers():
+    """Gemma-2's sliding-window layers cannot take joining rows: the loop decodes `batch_size` prompts at a time,
+    rows still leaving as they finish (random weights, prompts of random ids)."""
+    torch.manual_seed(0)
+    gemma = AutoModelForCausalLM.from_config(Gemma2Config(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4), dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 96, (length,), generator=generator).tolist() for length in (3, 9, 5, 7, 4)]
+    never = config_with_eos_id(96 + 10, 12)
+    alone = [gemma.generate(input_ids=torch.tensor([p]), generation_config=never)[0, len(p):].tolist()
+             for p in prompts]
+    eos = next(t for t in alone[0] if sum(t in row for row in alone) >= 2)
+    config = config_with_eos_id(eos, 12)
+    shapes = []
+    hook = gemma.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        answers = dict(decode(gemma, prompts, config, 2, 0))
+    finally:
+        hook.remove()
+    expected = [row[:row.index(eos) + 1] if eos in row else row for row in alone]
+    assert [answers[i] for i in range(len(prompts))] == expected
+    prefill_rows = [rows for rows, width in shapes if width > 1]
+    assert prefill_rows == [2, 2, 1]  # a new batch only when the last one has ended
+
+
+def config_with_eos_id(eos: int, max_new_tokens: int):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=0)
+
+
+def test_min_new_tokens_blocks_eos_and_max_new_tokens_caps_every_row(model, tiny_tokenizer, prompts):
+    eos = ragged_eos(model, tiny_tokenizer, prompts)
+    answers, _ = decoded(model, tiny_tokenizer, prompts, config_with_eos(tiny_tokenizer, eos, max_new_tokens=10,
+                                                                          min_new_tokens=10), batch_size=3)
     assert [len(a) for a in answers] == [10] * len(prompts)
     assert all(eos not in a for a in answers)
 
 
-def test_sampling_draws_from_the_seeded_generator_and_every_row_ends(model, tiny_tokenizer):
-    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS]
-    ids, attention = left_padded(prompts, tiny_tokenizer.pad_token_id)
+def test_sampling_draws_from_the_seeded_generator_and_every_row_ends(model, tiny_tokenizer, prompts):
     config = config_with_eos(tiny_tokenizer, tiny_tokenizer.eos_token_id, do_sample=True, temperature=0.7,
                              top_p=0.9)
     runs = []
     for _ in range(2):
         torch.manual_seed(3)
-        runs.append(decode(model, ids, attention, config))
+        runs.append(decoded(model, tiny_tokenizer, prompts, config, batch_size=3)[0])
     assert runs[0] == runs[1]
-    assert runs[0] != decode(model, ids, attention, config_with_eos(tiny_tokenizer, tiny_tokenizer.eos_token_id))
+    greedy = config_with_eos(tiny_tokenizer, tiny_tokenizer.eos_token_id)
+    assert runs[0] != decoded(model, tiny_tokenizer, prompts, greedy, batch_size=3)[0]
     assert all(1 <= len(answer) <= 16 for answer in runs[0])

@@ -1,4 +1,5 @@
-"""Generation: a fixed batch plan, per-batch appends, and a resume that ends with the same file."""
+"""Generation: answers appended as they finish, and a resume that answers only what is missing and ends with the
+same file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from rt_lab.generate.decode import encode_prompt, generate_outputs, hf_batch_generator
+from rt_lab.generate.decode import encode_prompt, generate_outputs, hf_batch_generator, in_prompt_order
 from rt_lab.data.prompts import load_prompts
 from rt_lab.data.templates import TagTemplate
 
@@ -25,8 +26,7 @@ def prompts():
 
 def run(model, tokenizer, prompts, out_dir):
     answer = hf_batch_generator(model, tokenizer, GENERATION)
-    return generate_outputs(answer, tokenizer, TagTemplate(), prompts, GENERATION.batch_size, "auto", "tiny-test",
-                            out_dir)
+    return generate_outputs(answer, tokenizer, TagTemplate(), prompts, "auto", "tiny-test", out_dir)
 
 
 def test_outputs_are_alpaca_eval_records_in_prompt_order(tiny_path, tiny_tokenizer, prompts, tmp_path):
@@ -42,13 +42,13 @@ def test_interrupted_generation_resumes_to_the_same_file(tiny_path, tiny_tokeniz
     uninterrupted = run(model, tiny_tokenizer, prompts, tmp_path / "a").read_text()
     crashed = tmp_path / "b"
     run(model, tiny_tokenizer, prompts, crashed)
-    # What a kill leaves on disk after one batch of four and part of the next record: no final file.
+    # What a kill leaves on disk after four answers and part of the next record: no final file.
     lines = (crashed / "generations.jsonl").read_text().splitlines(keepends=True)
     (crashed / "generations.jsonl").write_text("".join(lines[:4]) + lines[4][:15])
     (crashed / "model_outputs.json").unlink()
     with caplog.at_level("INFO"):
         resumed = run(model, tiny_tokenizer, prompts, crashed).read_text()
-    assert "resuming generation: 1 of 3 batches already answered" in caplog.text
+    assert "resuming generation: 4 of 12 prompts already answered" in caplog.text
     assert resumed == uninterrupted
     lines = (crashed / "generations.jsonl").read_text().splitlines()
     assert len(lines) == len(prompts) and all(json.loads(line) for line in lines)
@@ -95,15 +95,15 @@ def test_instruction_prefix_is_read_by_the_model_but_not_written_to_the_records(
     generate = hf_batch_generator(model, tiny_tokenizer, GENERATION)
     seen = []
 
-    def answer(batch):
-        seen.extend(batch)
-        return generate(batch)
+    def answer(prompts):
+        seen.extend(prompts)
+        return generate(prompts)
 
-    prefixed = json.loads(generate_outputs(answer, tiny_tokenizer, template, prompts, GENERATION.batch_size, "auto",
-                                           "tiny-test", tmp_path / "prefix", instruction_prefix=PREFIX).read_text())
+    prefixed = json.loads(generate_outputs(answer, tiny_tokenizer, template, prompts, "auto", "tiny-test",
+                                           tmp_path / "prefix", instruction_prefix=PREFIX).read_text())
     spelled = [Prompt(p.id, PREFIX + p.instruction, p.dataset) for p in prompts]
-    literal = json.loads(generate_outputs(generate, tiny_tokenizer, template, spelled, GENERATION.batch_size, "auto",
-                                          "tiny-test", tmp_path / "literal").read_text())
+    literal = json.loads(generate_outputs(generate, tiny_tokenizer, template, spelled, "auto", "tiny-test",
+                                          tmp_path / "literal").read_text())
     assert [r["instruction"] for r in prefixed] == [p.instruction for p in prompts]
     assert [r["output"] for r in prefixed] == [r["output"] for r in literal]
     texts = sorted(tiny_tokenizer.decode(p.ids, skip_special_tokens=True) for p in seen)
@@ -143,4 +143,4 @@ def test_answers_by_backend_are_what_the_runs_generator_answers(compose, tiny_pa
     answer = hf_batch_generator(AutoModelForCausalLM.from_pretrained(tiny_path), tiny_tokenizer, cfg.generation,
                                 build_rules(cfg.rules, tiny_tokenizer))
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in instructions]
-    assert answers == {"hf": answer(prompts[:2]) + answer(prompts[2:])}
+    assert answers == {"hf": in_prompt_order(answer(prompts), len(prompts))}

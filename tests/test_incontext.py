@@ -16,7 +16,8 @@ from helpers import FAST, SHARED_DATA, launch, needs_shared_data
 from judge_server import judge_overrides
 from rt_lab.data.incontext import SLOT, InContextTemplate, load_prompt, run_template
 from rt_lab.data.rows import Message
-from rt_lab.generate.decode import EncodedPrompt, encode_prompt, finish_output, generate_batch, generation_config
+from rt_lab.generate.decode import (EncodedPrompt, encode_prompt, finish_output, generate_batch, generation_config,
+                                   in_prompt_order)
 from rt_lab.io import package_path
 
 MARKERS = ["# Query:", "# Answer:", "# Instruction"]
@@ -141,7 +142,7 @@ def test_answers_by_backend_frame_and_finish_as_a_run(compose, tiny_path, tiny_t
     answers = answers_by_backend(cfg, instructions, backends=("hf",))
     answer = hf_batch_generator(AutoModelForCausalLM.from_pretrained(tiny_path), tiny_tokenizer, cfg.generation)
     encoded = [encode_prompt(text, prompt("zero_shot"), tiny_tokenizer, "auto") for text in instructions]
-    assert answers == {"hf": [finish_output(text, MARKERS, "`") for text in answer(encoded)]}
+    assert answers == {"hf": [finish_output(text, MARKERS, "`") for text in in_prompt_order(answer(encoded), 2)]}
 
 
 def test_vllm_requests_carry_the_stop_strings(compose):

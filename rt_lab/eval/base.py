@@ -34,7 +34,7 @@ class EvalContext:
     run_dir: Path
     model: Callable[[], Any]  # the run's model (trained, or the base for methods that train nothing), in eval mode,
     #                           loaded on first call (a vLLM run has not loaded it for generation)
-    answer: Any  # the run's rt_lab.generate.decode.BatchGenerator (rule head included): batch -> answers
+    answer: Any  # the run's rt_lab.generate.decode.BatchGenerator (rule head included)
 
     def out_dir(self, name: str) -> Path:
         """Where evaluation `name` keeps its working files (generations, per-item scores)."""

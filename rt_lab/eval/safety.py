@@ -107,8 +107,8 @@ def safety(ctx: EvalContext) -> Metrics:
         limit = spec.get("limit") if spec.get("limit") is not None else options.get("limit")
         prompts = load_set(set_name, spec, ctx.cfg.paths.get("data_dir"), limit)
         out_dir = work_dir / set_name
-        path = generate_outputs(ctx.answer, ctx.tokenizer, ctx.template, prompts, ctx.cfg.generation.batch_size,
-                                ctx.cfg.model.get("bos", "auto"), ctx.cfg.run.name, out_dir)
+        path = generate_outputs(ctx.answer, ctx.tokenizer, ctx.template, prompts, ctx.cfg.model.get("bos", "auto"),
+                                ctx.cfg.run.name, out_dir)
         records = json.loads(path.read_text(encoding="utf-8"))
         exchanges = [Exchange(r["instruction"], r["output"]) for r in records]
         for name, classify in classifiers.items():

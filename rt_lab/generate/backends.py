@@ -50,4 +50,4 @@ def make_generator(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
     stop, strip = list(cfg.generation.get("stop") or []), cfg.generation.get("strip")
     if not stop and strip is None:
         return answer
-    return lambda batch: [finish_output(text, stop, strip) for text in answer(batch)]
+    return lambda prompts: ((index, finish_output(text, stop, strip)) for index, text in answer(prompts))

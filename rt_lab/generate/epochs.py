@@ -158,8 +158,8 @@ class EpochSelection:
         free_memory()
         model = RunModel(export_dir, partial(self.export.load, export_dir, self.base))  # as a separate run loads it
         answer = make_generator(self.cfg, self.tokenizer, model)
-        generate_outputs(answer, self.tokenizer, self.template, self.prompts, self.cfg.generation.batch_size,
-                         self.cfg.model.bos, self.cfg.run.name, out.path, self.cfg.generation.instruction_prefix)
+        generate_outputs(answer, self.tokenizer, self.template, self.prompts, self.cfg.model.bos,
+                         self.cfg.run.name, out.path, self.cfg.generation.instruction_prefix)
         del model, answer
         free_memory()
         shutil.rmtree(export_dir)

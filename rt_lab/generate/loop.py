@@ -1,9 +1,14 @@
-"""KV-cached decoding of one left-padded batch in which a row leaves as soon as it finishes.
+"""KV-cached, continuously batched decoding: a row leaves the batch as soon as it finishes, and the next prompt
+takes its place.
 
 `model.generate` keeps decoding a static batch until its longest row ends: a batch whose answers run from 20 to
-250 tokens spends most of its steps on rows that are done. Here a row that emits an EOS id leaves at once: its
-KV-cache rows (`Cache.batch_select_indices`), attention row, position and rule-head state are dropped, and the
-next forward runs on the rows still decoding.
+250 tokens spends most of its steps on rows that are done. Here a row that emits an EOS id leaves at once (its
+KV-cache rows, attention row, position and rule-head state are dropped), and waiting prompts are prefilled and
+joined to the rows still decoding, so every step runs on up to `batch_size` live rows. Rows are left-padded to one
+width; a joining batch pads whichever side is narrower, and columns that have become padding in every row are cut.
+Positions are each row's own (a prompt's first token is position 0), so padding never moves a row's tokens.
+Joining needs a cache of plain full-attention layers (`DynamicLayer`); with any other layer (sliding window,
+linear attention) the loop decodes one static batch at a time, in which finished rows still leave.
 
 Each step follows `generate`'s order: logits of the last position in fp32, EOS blocked before `min_new_tokens`, the
 rule head (product of experts), then for sampling temperature, top-k and top-p (transformers' own warpers) and
@@ -13,13 +18,16 @@ in from the checkpoint's `generation_config.json` (a chat model's default sampli
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import (DynamicCache, GenerationConfig, LogitsProcessorList, StopStringCriteria,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers.cache_utils import DynamicLayer
 
-from rt_lab.generate.rule_head import RuleHead
+from rt_lab.generate.rule_head import RowRuleHead
+from rt_lab.generate.rules import Rule
 
 
 def eos_ids(config: GenerationConfig) -> list[int]:
@@ -41,53 +49,159 @@ def sampling_warpers(config: GenerationConfig) -> LogitsProcessorList:
     return warpers
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of prompts left-padded to the longest: every prompt ends where generation
+    starts."""
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention[row, width - len(ids):] = 1
+    return input_ids.to(device), attention.to(device)
+
+
+def pad_left(tensor: torch.Tensor, columns: int, dim: int, value: int = 0) -> torch.Tensor:
+    if columns == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = columns
+    return torch.cat([tensor.new_full(shape, value), tensor], dim=dim)
+
+
+@dataclass
+class Rows:
+    """The rows being decoded: left-padded token ids and attention mask of one width, with the KV cache of
+    every column but the newest."""
+
+    prompt: torch.Tensor  # (B,) each row's index in the prompt list
+    ids: torch.Tensor  # (B, W)
+    attention: torch.Tensor  # (B, W)
+    position: torch.Tensor  # (B,) position of each row's newest token
+    generated: torch.Tensor  # (B,) new tokens so far
+    cache: DynamicCache
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.prompt, self.ids, self.attention, self.position, self.generated = (
+            t[rows] for t in (self.prompt, self.ids, self.attention, self.position, self.generated))
+        self.cache.batch_select_indices(rows)
+
+    def cut_common_padding(self) -> None:
+        """Drop leading columns that are padding in every row (the rows that needed them have left)."""
+        padding = int((self.attention.shape[1] - self.attention.sum(dim=1)).min())
+        if padding == 0:
+            return
+        self.ids, self.attention = self.ids[:, padding:], self.attention[:, padding:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, padding:], layer.values[:, :, padding:]
+
+    def join(self, other: Rows, pad_id: int) -> None:
+        """Append `other`'s rows, padding the narrower side on the left."""
+        width = max(self.ids.shape[1], other.ids.shape[1])
+        for rows in (self, other):
+            grow = width - rows.ids.shape[1]
+            rows.ids, rows.attention = pad_left(rows.ids, grow, 1, pad_id), pad_left(rows.attention, grow, 1)
+            for layer in rows.cache.layers:
+                layer.keys, layer.values = pad_left(layer.keys, grow, 2), pad_left(layer.values, grow, 2)
+        self.prompt, self.ids, self.attention, self.position, self.generated = (
+            torch.cat([mine, theirs]) for mine, theirs in ((self.prompt, other.prompt), (self.ids, other.ids),
+                                                           (self.attention, other.attention),
+                                                           (self.position, other.position),
+                                                           (self.generated, other.generated)))
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys, mine.values = torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values])
+
+
+def joinable(cache: DynamicCache) -> bool:
+    """Whether rows can join and padding columns be cut: every layer a plain full-attention `DynamicLayer`."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def prefill(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor,
+            pad_id: int) -> tuple[Rows, torch.Tensor]:
+    """New rows for these prompts, and the logits of each prompt's last position."""
+    ids, attention = left_padded(prompts, pad_id, indices.device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    rows = Rows(indices, ids, attention, positions[:, -1], torch.zeros_like(indices), cache)
+    return rows, logits
+
+
 @torch.inference_mode()
-def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
-           head: RuleHead | None = None, stop: StopStringCriteria | None = None) -> list[list[int]]:
-    """The new tokens of every row of a left-padded batch, each up to and including its EOS or the token that
-    completes a stop string (at most `config.max_new_tokens`)."""
-    device = input_ids.device
+def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfig, batch_size: int, pad_id: int,
+           rules: Sequence[Rule] = (), instruction_starts: Sequence[int] | None = None,
+           stop: StopStringCriteria | None = None) -> Iterator[tuple[int, list[int]]]:
+    """Yields `(index, new tokens)` for every prompt as it finishes, in finishing order: its tokens up to and
+    including its EOS or the token that completes a stop string, at most `config.max_new_tokens`. Prompts join in
+    the given order, at most `batch_size` decoding at once. With `rules`, the rule head scores every step;
+    `instruction_starts[i]` is where prompt i's instruction begins (its `since_user_tag` scope)."""
+    device = next(model.parameters()).device
     eos = torch.tensor(eos_ids(config), device=device)
     warpers = sampling_warpers(config) if config.do_sample else None
-    min_new_tokens = config.min_new_tokens or 0
-    batch = input_ids.shape[0]
-    new_tokens = torch.zeros((batch, config.max_new_tokens), dtype=torch.long, device=device)
-    lengths = torch.full((batch,), config.max_new_tokens, dtype=torch.long, device=device)
-    live = torch.arange(batch, device=device)  # each live row's index in the batch
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every prompt starts at position 0
-    cache = DynamicCache(config=model.config)
-    ids = input_ids
-    logits = model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
-    for step in range(config.max_new_tokens):
+    min_new_tokens, max_new_tokens = config.min_new_tokens or 0, config.max_new_tokens
+    new_tokens = torch.zeros((len(prompts), max_new_tokens), dtype=torch.long, device=device)
+    head: RowRuleHead | None = None
+    rows: Rows | None = None
+    logits = torch.empty(0)
+    waiting = 0  # the next prompt to join
+    while True:
+        room = batch_size - (len(rows) if rows is not None else 0)
+        if room > 0 and waiting < len(prompts) and (rows is None or joinable(rows.cache)):
+            joining = range(waiting, min(len(prompts), waiting + room))
+            waiting = joining.stop
+            new, new_logits = prefill(model, [prompts[i] for i in joining],
+                                      torch.arange(joining.start, joining.stop, device=device), pad_id)
+            if rules:
+                head = head or RowRuleHead(rules, new_logits.shape[-1], device)
+                starts = [0] * len(joining) if instruction_starts is None else \
+                    [instruction_starts[i] for i in joining]
+                head.join(new.ids, new.position + 1, torch.tensor(starts, device=device))
+            if rows is None:
+                rows, logits = new, new_logits
+            else:
+                rows.join(new, pad_id)
+                logits = torch.cat([logits, new_logits])
+        if rows is None:
+            return
         scores = logits.float()
-        if step < min_new_tokens:
-            scores[:, eos] = float("-inf")
+        if min_new_tokens:
+            early = (rows.generated < min_new_tokens)[:, None]
+            scores[:, eos] = torch.where(early, float("-inf"), scores[:, eos])
         if head is not None:
-            scores = head(ids, scores)
+            scores = head(scores, rows.position)
         if warpers is not None:
-            token = torch.multinomial(torch.softmax(warpers(ids, scores), dim=-1), 1)[:, 0]
+            token = torch.multinomial(torch.softmax(warpers(rows.ids, scores), dim=-1), 1)[:, 0]
         else:
             token = scores.argmax(dim=-1)
-        new_tokens[live, step] = token
-        if step + 1 == config.max_new_tokens:
-            break
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        finished = torch.isin(token, eos)
+        new_tokens[rows.prompt, rows.generated] = token
+        rows.generated += 1
+        rows.position += 1
+        rows.ids = torch.cat([rows.ids, token[:, None]], dim=1)
+        rows.attention = torch.cat([rows.attention, rows.attention.new_ones((len(rows), 1))], dim=1)
+        if head is not None:
+            head.record(token, rows.position)
+        finished = torch.isin(token, eos) | (rows.generated == max_new_tokens)
         if stop is not None:  # the row's text now ends in a stop string
-            finished |= stop(ids, None)
+            finished |= stop(rows.ids, None)
         if finished.any():
-            lengths[live[finished]] = step + 1
+            done = finished.nonzero()[:, 0]
+            for index, length in zip(rows.prompt[done].tolist(), rows.generated[done].tolist()):
+                yield index, new_tokens[index, :length].tolist()
             keep = (~finished).nonzero()[:, 0]
-            if keep.numel() == 0:
-                break
-            live, token, ids, attention_mask, positions = (t[keep] for t in (live, token, ids, attention_mask,
-                                                                             positions))
-            cache.batch_select_indices(keep)
             if head is not None:
-                head.select_rows(keep)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
-        positions = positions[:, -1:] + 1
-        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
-                       cache=cache, use_cache=True).logits[:, -1]
-    return [row[:length] for row, length in zip(new_tokens.tolist(), lengths.tolist())]  # one copy to the host
+                head.keep(keep)
+            if keep.numel() == 0:
+                rows = None
+                continue
+            rows.keep(keep)
+            token = token[keep]
+            if joinable(rows.cache):
+                rows.cut_common_padding()
+        logits = model(input_ids=token[:, None], attention_mask=rows.attention, position_ids=rows.position[:, None],
+                       cache=rows.cache, use_cache=True).logits[:, -1]

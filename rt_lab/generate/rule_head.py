@@ -2,8 +2,8 @@
 
 Each step the head returns `log_softmax(base logits) + log_softmax(r)`, `r` the weighted sum of the enabled rules'
 scores (rt_lab.generate.rules), which greedy decoding argmaxes and sampling renormalises. Its per-sequence state
-(`RuleState`) is kept per slot and grows by each step's new tokens: `RuleHead` runs it in rt_lab's decoding loop
-and transformers' `generate`, rt_lab.generate.rule_slots inside vLLM.
+(`RuleState`) is kept per slot and grows by each step's new tokens: `RowRuleHead` runs it in rt_lab's decoding
+loop, `RuleHead` in transformers' `generate`, rt_lab.generate.rule_slots inside vLLM.
 """
 
 from __future__ import annotations
@@ -50,6 +50,15 @@ class RuleState:
         flat = slots.long()[:, None] * self.last_seen.shape[1] + columns
         self.last_seen.view(-1).scatter_reduce_(0, flat.flatten(), positions.flatten().to(self.last_seen.dtype),
                                                 "amax")
+
+    def grow(self, count: int) -> torch.Tensor:
+        """Add `count` slots at the end (to be `start`ed); their indices."""
+        first = len(self.response_start)
+        self.instruction_start = torch.cat([self.instruction_start, self.instruction_start.new_zeros(count)])
+        self.response_start = torch.cat([self.response_start, self.response_start.new_zeros(count)])
+        if self.last_seen is not None:
+            self.last_seen = torch.cat([self.last_seen, self.last_seen.new_full((count, self.vocab_size + 1), -1)])
+        return torch.arange(first, first + count, device=self.response_start.device)
 
     def keep(self, slots: torch.Tensor) -> None:
         """Keep only these slots, renumbered 0.. in this order (a batch whose finished rows leave)."""
@@ -115,3 +124,33 @@ class RuleHead(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return product_of_experts(scores, self.rule_scores(input_ids, scores.shape[-1]))
+
+
+class RowRuleHead:
+    """Product of experts over the rows of rt_lab's decoding loop (rt_lab.generate.loop): row i is slot i of a
+    `RuleState`; rows join with their prompts and leave when they finish. Positions are each row's own (its
+    prompt's first token is 0), so the padding the loop adds or cuts never moves them."""
+
+    def __init__(self, rules: Sequence[Rule], vocab_size: int, device: torch.device | str) -> None:
+        self.rules = list(rules)
+        self.state = RuleState(0, vocab_size, device, any(rule.reads_history for rule in self.rules))
+
+    def join(self, ids: torch.Tensor, lengths: torch.Tensor, instruction_start: torch.Tensor) -> None:
+        """New rows at the end: their left-padded prompts `ids` (n, W), of `lengths` tokens, whose instructions
+        begin at `instruction_start`; each response begins where its prompt ends."""
+        slots = self.state.grow(len(ids))
+        self.state.start(slots, instruction_start, lengths)
+        positions = torch.arange(ids.shape[1], device=ids.device) - (ids.shape[1] - lengths)[:, None]
+        self.state.record(slots, ids, positions, positions >= 0)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.state.keep(rows)
+
+    def record(self, tokens: torch.Tensor, positions: torch.Tensor) -> None:
+        """Each row's newest token (B,) at its position (B,)."""
+        self.state.record(torch.arange(len(tokens), device=tokens.device), tokens[:, None], positions[:, None])
+
+    def __call__(self, scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`scores` (B, V) of the next token of rows whose newest token sits at `positions` (B,)."""
+        return product_of_experts(scores, rule_scores(self.rules, self.state.step(None, positions),
+                                                      scores.shape[-1]))

@@ -9,7 +9,7 @@ stop tokens (rt_lab.generate.stopping)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from omegaconf import OmegaConf
 
@@ -62,9 +62,14 @@ def vllm_batch_generator(model_path: str | Path, cfg: Any, tokenizer: Any) -> Ba
     stops = stop_token_ids(tokenizer, model_generation_config(model_path))
     llm = vllm.LLM(**engine_args(model_path, cfg))
 
-    def answer(batch: Sequence[EncodedPrompt]) -> list[str]:
-        sampling = [vllm.SamplingParams(**sampling_args(cfg.generation, stops, rules, p)) for p in batch]
-        outputs = llm.generate([{"prompt_token_ids": p.ids} for p in batch], sampling, use_tqdm=False)
-        return [output.outputs[0].text for output in outputs]
+    def answer(prompts: Sequence[EncodedPrompt]) -> Iterator[tuple[int, str]]:
+        # vLLM batches continuously inside each call; a call per `batch_size` prompts keeps answers reaching the
+        # run's file as they are made
+        size = cfg.generation.batch_size
+        for first in range(0, len(prompts), size):
+            chunk = prompts[first:first + size]
+            sampling = [vllm.SamplingParams(**sampling_args(cfg.generation, stops, rules, p)) for p in chunk]
+            outputs = llm.generate([{"prompt_token_ids": p.ids} for p in chunk], sampling, use_tqdm=False)
+            yield from ((first + i, output.outputs[0].text) for i, output in enumerate(outputs))
 
     return answer
