@@ -151,18 +151,23 @@ def csv_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
         raise ValueError(f"{path}: after line {reader.line_num}: bad CSV ({err})") from err
 
 
-def read_append_log(path: str | Path) -> list[dict]:
+def read_append_log(path: str | Path, read_only: bool = False) -> list[dict]:
     """Records of a JSONL file that jobs append to as they work. A torn last line (a crash mid-write) is cut
-    off so appending continues on a fresh line; a malformed line anywhere else is an error naming it."""
+    off so appending continues on a fresh line, or, `read_only` (another job's file, read and never written),
+    skipped with a warning naming the file; a malformed line anywhere else is an error naming it."""
     path = Path(path)
     if not path.is_file():
         return []
     with path.open("rb") as handle:
         # the lock writers hold while they append a line (AnswerCache): a line half written by another job now is
-        # waited for, not taken for a torn one and cut
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        # waited for, not taken for a torn one
+        fcntl.flock(handle, fcntl.LOCK_SH if read_only else fcntl.LOCK_EX)
         data = handle.read()
         complete = data[:data.rfind(b"\n") + 1]
         if len(complete) < len(data):
-            os.truncate(path, len(complete))
+            if read_only:
+                log.warning("%s: skipping its torn last line (%d bytes, a crash mid-write); the file is only read "
+                            "here, so it is left as it is", path, len(data) - len(complete))
+            else:
+                os.truncate(path, len(complete))
     return [record for _, record in jsonl_records(path, decode(path, complete))]

@@ -7,6 +7,7 @@ A run dir (one job, `paths.run_dir`):
 
     .hydra/config.yaml, .hydra/overrides.yaml   the job's composed config and command-line overrides (Hydra)
     checkpoints/last.ckpt        resumable training state
+    checkpoints/.last.ckpt.*     a save being swapped in, and what a crash mid-swap leaves (rt_lab/train/preemption.py)
     model/                       the exported trained model (merge_bf16 keeps the adapter in model/adapter/)
     trained.done                 training and export finished
     generations.jsonl            answers appended per batch (generation resumes from them)

@@ -18,7 +18,6 @@ from torch import nn
 
 from helpers import REPO, TINY, run_python
 from rt_lab.train.fsdp import check_strategy, layer_classes
-from rt_lab.train.preemption import replace
 from test_training import fit
 
 ON_CPU = ["trainer=fsdp", "trainer.lightning.accelerator=cpu"]
@@ -70,20 +69,6 @@ def test_lightnings_single_unit_fsdp_is_refused():
     with pytest.raises(ValueError, match="whole model as one FSDP unit; use trainer=fsdp"):
         check_strategy("fsdp")
     check_strategy("ddp")
-
-
-def test_a_folder_checkpoint_replaces_a_file_or_a_folder(tmp_path):
-    target = tmp_path / "last.ckpt"
-    staging = tmp_path / ".last.ckpt.tmp"
-    for make_staging, expect in [(lambda: staging.write_text("file 1"), "file 1"),
-                                 (lambda: (staging.mkdir(), (staging / "shard").write_text("folder 1")), "folder 1"),
-                                 (lambda: (staging.mkdir(), (staging / "shard").write_text("folder 2")), "folder 2"),
-                                 (lambda: staging.write_text("file 2"), "file 2")]:
-        make_staging()
-        replace(staging, target)
-        assert (target / "shard" if target.is_dir() else target).read_text() == expect
-        assert not staging.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
 # --- two processes --------------------------------------------------------------------------------------------------

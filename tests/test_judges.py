@@ -175,6 +175,26 @@ def test_torn_last_cache_line_is_cut_and_rejudged_canned_judge(make_judge, serve
     assert len(lines) == 4 and all(json.loads(line)["value"] == pytest.approx(1.7) for line in lines)
 
 
+def test_torn_last_line_of_a_read_only_cache_is_skipped_and_the_file_left_alone_canned_judge(make_judge, server,
+                                                                                               tmp_path, caplog):
+    """Another run's cache (`also_cached`, e.g. its epochs' judgments) is read, never written: its torn last line
+    is skipped with a warning naming it, and that pair judged again into this run's own cache."""
+    other, cache = tmp_path / "other_run" / "judgments.jsonl", tmp_path / "cache.jsonl"
+    rows = ([f"Question {i}?" for i in range(4)], [GOOD] * 4, [BAD] * 4)
+    other.parent.mkdir()
+    judge_pairs(make_judge(), *rows, other)
+    torn = other.read_bytes()[:-20]  # that run crashed mid-write of its last judgment
+    other.write_bytes(torn)
+    with caplog.at_level("WARNING", logger="rt_lab.io"):
+        resumed = judge_pairs(make_judge(), *rows, cache, also_cached=[other])
+    assert other.read_bytes() == torn
+    assert any(str(other) in record.getMessage() and "torn last line" in record.getMessage()
+               for record in caplog.records)
+    assert preferences(resumed) == pytest.approx([1.7] * 4)
+    assert server.requests == 10  # 4 pairs x 2 orders for the other run, then the torn pair again
+    assert len(cache.read_text().splitlines()) == 1
+
+
 def test_malformed_cache_line_names_file_and_line(make_judge, tmp_path):
     cache = tmp_path / "cache.jsonl"
     cache.write_text('{"key": "a", "value": 1.5, "reason": null}\nnot json\n{"key": "b"}\n')

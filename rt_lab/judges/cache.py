@@ -31,8 +31,9 @@ def cache_key(*parts: Any) -> str:
 
 class AnswerCache(Generic[Answer]):
     """Finished answers, one JSON line each (a Judgment as {key, value, reason}, a Reply as {key, text, reason}),
-    appended and flushed as they finish (read back with `read_append_log`, which survives a torn last line).
-    Appends hold an exclusive lock on the file, so jobs sharing a cache never interleave their lines."""
+    appended and flushed as they finish (read back with `read_append_log`, which cuts a torn last line off this
+    cache and skips one in an `also` cache, never writing to those). Appends hold an exclusive lock on the file,
+    so jobs sharing a cache never interleave their lines."""
 
     def __init__(self, path: str | Path, also: Sequence[str | Path] = (), kind: type[Answer] = Judgment) -> None:
         """`also`: other caches whose answers count as made (read, never written): the same pair judged
@@ -41,11 +42,14 @@ class AnswerCache(Generic[Answer]):
         self.kind = kind
         # what a line stores: every field but `final` (only final answers are stored)
         self.fields = [field.name for field in dataclasses.fields(kind) if field.name != "final"]
-        self.entries = {key: answer for source in (*also, path) for key, answer in self._read(Path(source))}
+        self.entries: dict[str, Answer] = {}
+        for source in also:
+            self.entries.update(self._read(Path(source), read_only=True))
+        self.entries.update(self._read(self.path))
         self._lock = threading.Lock()
 
-    def _read(self, path: Path) -> Iterator[tuple[str, Answer]]:
-        for number, record in enumerate(read_append_log(path), start=1):
+    def _read(self, path: Path, read_only: bool = False) -> Iterator[tuple[str, Answer]]:
+        for number, record in enumerate(read_append_log(path, read_only), start=1):
             missing = [name for name in ("key", *self.fields) if name not in record]
             if missing:
                 raise ValueError(f"{path}: line {number} lacks {missing}; expected an object with key, "

@@ -19,7 +19,7 @@ from rt_lab.train.module import CausalLMModule
 from rt_lab.layout import RunDir
 from rt_lab.loggers import TrimLogsOnResume
 from rt_lab.train.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
-from rt_lab.train.preemption import PreemptionGuard
+from rt_lab.train.preemption import PreemptionGuard, recover
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, lo
     module = build_module(cfg, model, data)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = RunDir(run_dir).checkpoint  # a file, or a folder of shards (trainer=fsdp, state_dict_type=sharded)
+    recover(last)  # a crash mid-save may have left it aside
     if last.exists():
         log.info("resuming training from %s", last)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)

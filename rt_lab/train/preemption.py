@@ -14,23 +14,60 @@ from typing import Any, Callable
 
 import lightning as L
 
+from rt_lab.io import exclusive
+
 log = logging.getLogger(__name__)
 
 
-def replace(staging: Path, target: Path) -> None:
-    """Put the saved `staging` where `target` is: a file in one atomic rename; a folder of FSDP shards (or a change
-    between file and folder) by moving the old one aside first, then deleting it."""
-    if not (target.is_dir() or (staging.is_dir() and target.exists())):
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(staging, target)
-    if old.is_dir():
-        shutil.rmtree(old)
+def staging_of(checkpoint: Path) -> Path:
+    """Where a checkpoint is saved before `replace` moves it in."""
+    return checkpoint.with_name(f".{checkpoint.name}.tmp")
+
+
+def aside_of(checkpoint: Path) -> Path:
+    """Where `replace` moves the checkpoint it replaces, until the new one is in."""
+    return checkpoint.with_name(f".{checkpoint.name}.old")
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a folder of shards, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
     else:
-        old.unlink()
+        path.unlink(missing_ok=True)
+
+
+def replace(staging: Path, target: Path) -> None:
+    """Put the saved `staging` where `target` is: a file over a file (or over nothing) in one atomic rename; a
+    folder of FSDP shards (or a change between file and folder) by moving the old one aside, moving the new one in,
+    then deleting the old one. A crash at any point leaves a complete checkpoint that `recover` finds, and any
+    leftover of an earlier crash (the aside one a file or a folder) is cleared."""
+    aside = aside_of(target)
+    if target.exists() and (target.is_dir() or staging.is_dir()):
+        remove(aside)  # `target` is complete: the aside leftover is not needed
+        os.replace(target, aside)
+        os.replace(staging, target)  # a crash just before this: `recover` moves the complete staging in
+    else:
+        os.replace(staging, target)
+    remove(aside)
+
+
+def recover(checkpoint: Path) -> None:
+    """Clear what a crash while saving or in `replace` left beside `checkpoint`, so that it is the newest complete
+    checkpoint, or absent when none is. Every rank may call this: they take turns under a lock."""
+    staging, aside = staging_of(checkpoint), aside_of(checkpoint)
+    with exclusive(checkpoint.with_name(f".{checkpoint.name}.lock"), "clearing leftovers of a crashed save"):
+        if not checkpoint.exists() and aside.exists():
+            # The crash fell between replace's two renames: the aside checkpoint is complete, and so is the staged
+            # one when there (replace moves only a finished save), which is newer.
+            newest = staging if staging.exists() else aside
+            log.warning("%s missing after a crash mid-replace: recovering it from %s", checkpoint, newest)
+            os.replace(newest, checkpoint)
+        if staging.exists():
+            # beside a checkpoint, or with no aside one, it is a save cut short: perhaps incomplete
+            log.warning("deleting %s: a checkpoint save cut short by a crash", staging)
+            remove(staging)
+        remove(aside)
 
 
 def submitit_signal() -> signal.Signals | None:
@@ -64,7 +101,7 @@ class PreemptionGuard(L.Callback):
                            batch_idx: int) -> None:
         if self.signum is None or not trainer.strategy.reduce_boolean_decision(self.pending is not None, all=False):
             return
-        staging = self.checkpoint.with_name(f".{self.checkpoint.name}.tmp")
+        staging = staging_of(self.checkpoint)
         trainer.save_checkpoint(staging)  # every rank joins; rank 0 writes (FSDP sharded: each rank its shard)
         if trainer.is_global_zero:
             replace(staging, self.checkpoint)
