@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 os.environ.setdefault("RT_LAB_ROOT", str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -10,7 +10,7 @@ A run dir (one job, `paths.run_dir`):
     checkpoints/.last.ckpt.*     a save being swapped in, and what a crash mid-swap leaves (rt_lab/train/preemption.py)
     model/                       the exported trained model (merge_bf16 keeps the adapter in model/adapter/)
     trained.done                 training and export finished
-    generations.jsonl            answers appended per batch (generation resumes from them)
+    generations.jsonl            answers appended as they finish (generation resumes from them)
     model_outputs.json           the answers, AlpacaEval format; written last, atomically
     eval/<name>.json, eval/<name>/   an evaluation's metrics, and its own working files
     epochs/<N>/                  generation.at_epochs: epoch N's generations.jsonl, model_outputs.json, comparison/

@@ -102,6 +102,16 @@ def test_freed_rows_are_refilled_and_padding_every_row_shares_is_cut(model, tiny
     assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
 
 
+def test_prompts_join_once_a_quarter_of_the_rows_are_free(model, tiny_tokenizer):
+    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS * 3]
+    config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts[:len(TEXTS)]))
+    answers, shapes = decoded(model, tiny_tokenizer, prompts, config, batch_size=8)
+    joined = [rows for rows, new, _ in shapes if new > 1]
+    assert joined[0] == 8 and len(joined) > 2 and sum(joined) == len(prompts)
+    assert all(rows >= 2 for rows in joined[1:-1])  # the last join may take the one prompt left
+    assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
+
+
 def test_a_cache_rows_cannot_join_decodes_static_batches_with_the_same_answers():
     """Gemma-2's sliding-window layers cannot take joining rows: the loop decodes `batch_size` prompts at a time,
     rows still leaving as they finish (random weights, prompts of random ids)."""

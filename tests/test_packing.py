@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from rt_lab.data.datasets import load_rows
 from rt_lab.data.datamodule import Batching, WindowLoader
 from rt_lab.data.masking import encode_rows
+from rt_lab.train import segment_attention
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.data.packing import best_fit_decreasing
 from rt_lab.train.token_losses import fused_head
@@ -53,9 +54,11 @@ def loader(examples, tokenizer, packing, micro):
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused_head", "reference_logits"])
-@pytest.mark.parametrize("attn,normalization", [("eager", "token"), ("sdpa", "token"), ("sdpa", "sequence")])
+@pytest.mark.parametrize("attn,normalization", [("eager", "token"), ("sdpa", "token"), ("sdpa", "sequence"),
+                                                ("sdpa_segments", "token"), ("sdpa_segments", "sequence")])
 def test_packed_equals_unpacked_loss_and_gradients(tiny_path, tiny_tokenizer, examples, attn, normalization, fused):
-    """The packed batch carries no attention mask: transformers builds the block-causal one from position ids."""
+    """The packed batch carries no attention mask: transformers builds the block-causal one from position ids
+    (sdpa_segments: rt_lab's attention cuts the row there instead)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=attn, dtype=torch.float32)
     head = fused_head(model) if fused else None
     padded = next(iter(loader(examples, tiny_tokenizer, packing=False, micro=3)))
@@ -119,3 +122,52 @@ def test_windows_shard_rows_across_ranks_and_resume_mid_epoch(tiny_tokenizer, ex
     assert [ids(w) for w in resumed] == [ids(w) for w in whole[1:]]
     next_epoch = list(WindowLoader(examples, position=lambda windows: (1, 0), **kwargs))
     assert [ids(w) for w in next_epoch] != [ids(w) for w in whole]
+
+
+def test_segment_attention_runs_each_packed_sequence_alone(tiny_path, tiny_tokenizer, examples, monkeypatch):
+    """sdpa_segments calls sdpa once per sequence of a packed row, causal and unmasked: no (L, L) mask exists."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=segment_attention.NAME,
+                                                 dtype=torch.float32)
+    packed = next(iter(loader(examples, tiny_tokenizer, packing=True, micro=3)))[0]
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((query.shape[2], attn_mask is None, is_causal))
+        return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    example_loss_sums(model, packed, supervised_targets(packed), None)
+    starts = (packed["position_ids"][0] == 0).nonzero()[:, 0].tolist() + [packed["input_ids"].shape[1]]
+    lengths = [end - start for start, end in zip(starts, starts[1:])]
+    assert len(lengths) > 1
+    assert calls == [(length, True, True) for length in lengths] * model.config.num_hidden_layers
+
+
+def test_segment_attention_is_sdpa_with_padding_and_a_kv_cache(tiny_path, tiny_tokenizer):
+    """Outside packed rows (left-padded generation, decoding with a cache) sdpa_segments answers as sdpa does."""
+    from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
+    from omegaconf import OmegaConf
+
+    prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto")
+               for text in ("Hi", "Write a long sentence about the sea.", "Why?")]
+    config = generation_config(OmegaConf.create({"max_new_tokens": 12, "do_sample": False, "temperature": 1.0,
+                                                 "top_p": 1.0}), tiny_tokenizer)
+    answers = {}
+    for attn in ("sdpa", segment_attention.NAME):
+        model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=attn, dtype=torch.float32)
+        answers[attn] = generate_batch(model.eval(), tiny_tokenizer, prompts, config)
+    assert answers["sdpa"] == answers[segment_attention.NAME]
+
+
+def test_packed_training_attends_per_sequence_and_hands_back_sdpa(compose, tiny_path):
+    from rt_lab.train.fit import trainable, trained
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa", dtype=torch.float32)
+    assert trainable(model, compose(["model=tiny", "adapter=full", "data.packing=false"])).config._attn_implementation == "sdpa"
+    cfg = compose(["model=tiny", "adapter=full", "data.packing=true"])
+    training = trainable(model, cfg)
+    assert training.config._attn_implementation == segment_attention.NAME
+    assert trained(training, cfg).config._attn_implementation == "sdpa"
+    eager = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="eager", dtype=torch.float32)
+    assert trainable(eager, cfg).config._attn_implementation == "eager"  # left as chosen

@@ -3,8 +3,9 @@ takes its place.
 
 `model.generate` keeps decoding a static batch until its longest row ends: a batch whose answers run from 20 to
 250 tokens spends most of its steps on rows that are done. Here a row that emits an EOS id leaves at once (its
-KV-cache rows, attention row, position and rule-head state are dropped), and waiting prompts are prefilled and
-joined to the rows still decoding, so every step runs on up to `batch_size` live rows. Rows are left-padded to one
+KV-cache rows, attention row, position and rule-head state are dropped), and once a quarter of the rows are free,
+waiting prompts are prefilled together and join the rows still decoding, so every step runs on nearly
+`batch_size` live rows. Rows are left-padded to one
 width; a joining batch pads whichever side is narrower, and columns that have become padding in every row are cut.
 Positions are each row's own (a prompt's first token is position 0), so padding never moves a row's tokens.
 Joining needs a cache of plain full-attention layers (`DynamicLayer`); with any other layer (sliding window,
@@ -146,13 +147,18 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     warpers = sampling_warpers(config) if config.do_sample else None
     min_new_tokens, max_new_tokens = config.min_new_tokens or 0, config.max_new_tokens
     new_tokens = torch.zeros((len(prompts), max_new_tokens), dtype=torch.long, device=device)
+    # Prompts join once a quarter of the rows are free (or every waiting prompt fits): a prefill reads every weight
+    # however few prompts it holds, and one per freed row cost more than the rows left idle meanwhile (SmolLM2 on
+    # a CPU, batch 8 and 16: 4-12% faster than joining each prompt as soon as its row is free).
+    join_at = max(1, batch_size // 4)
     head: RowRuleHead | None = None
     rows: Rows | None = None
     logits = torch.empty(0)
     waiting = 0  # the next prompt to join
     while True:
         room = batch_size - (len(rows) if rows is not None else 0)
-        if room > 0 and waiting < len(prompts) and (rows is None or joinable(rows.cache)):
+        if waiting < len(prompts) and room >= min(join_at, len(prompts) - waiting) and \
+                (rows is None or joinable(rows.cache)):
             joining = range(waiting, min(len(prompts), waiting + room))
             waiting = joining.stop
             new, new_logits = prefill(model, [prompts[i] for i in joining],

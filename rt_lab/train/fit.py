@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from rt_lab.train import fsdp
+from rt_lab.train import fsdp, segment_attention
 from rt_lab.train.adapters import apply_adapter
 from rt_lab.data.datamodule import InstructionDataModule
 from rt_lab.train.module import CausalLMModule
@@ -53,16 +53,21 @@ def build_module(cfg: Any, model: Any, data: InstructionDataModule) -> CausalLMM
 
 
 def trainable(model: Any, cfg: Any) -> Any:
-    """The model as training updates it: the configured adapter applied, every trainable weight fp32."""
+    """The model as training updates it: the configured adapter applied, every trainable weight fp32, and with
+    packing, sdpa attending per packed sequence (rt_lab/train/segment_attention.py)."""
     # under trainer=fsdp the strategy checkpoints whole FSDP units instead (rt_lab/train/fsdp.py)
     checkpointing = cfg.trainer.gradient_checkpointing and not fsdp.configured(cfg.trainer.lightning.strategy)
     model = apply_adapter(model, cfg.adapter, checkpointing)
     keep_master_weights_fp32(model)
+    if cfg.data.packing:
+        segment_attention.use_for_packing(model)
     return model
 
 
 def trained(model: Any, cfg: Any) -> Any:
-    """The model as train() hands it on: a full fine-tune back in `model.dtype` (rt_lab/train/precision.py)."""
+    """The model as train() hands it on: a full fine-tune back in `model.dtype` (rt_lab/train/precision.py), its
+    attention as loaded."""
+    segment_attention.restore(model)
     return cast_full_fine_tune(model, cfg.model.dtype)
 
 
