@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Training throughput and peak memory: rt_lab (unpacked, packed, unfused loss) against TRL's SFTTrainer with
-completion-only loss.
+"""Training throughput and peak memory: rt_lab (unpacked or packed, fused or unfused loss) against TRL's
+SFTTrainer with completion-only loss.
 
 All train the same model on the same single-turn rows (`--data sample`: the shipped sample set, all under 256
 tokens, repeated to `--rows`; `--data lima`: the first `--rows` single-turn LIMA conversations from
@@ -51,6 +51,7 @@ FRAMEWORKS = {  # worker name -> table label, in the order they run and are prin
     "rt_lab": "rt_lab (unpacked)",
     "rt_lab_packed": "rt_lab (packed)",
     "rt_lab_unfused": "rt_lab (unfused loss)",  # trainer.fused_loss=false: what the fused LM head + CE saves
+    "rt_lab_packed_unfused": "rt_lab (packed, unfused)",  # packing as trainer=cpu runs it
 }
 TOLERANCE = 0.02  # supervised-token counts of the frameworks may differ by this fraction before we warn
 
@@ -187,17 +188,16 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool) -> 
     import torch
     from hydra.utils import instantiate
 
-    from rt_lab.train.adapters import apply_adapter
     from rt_lab.data.masking import IGNORE
     from rt_lab.models import load_model, load_tokenizer, resolve_path
-    from rt_lab.train.fit import build_datamodule, build_module
+    from rt_lab.train.fit import build_datamodule, build_module, trainable
 
     cfg = compose(args, args.rows_file, packing=packing, fused_loss=fused_loss)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     path = resolve_path(cfg.model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.model, path)
     template = instantiate(cfg.template)
-    model = apply_adapter(load_model(cfg.model, path), cfg.adapter, cfg.trainer.gradient_checkpointing)
+    model = trainable(load_model(cfg.model, path), cfg)  # as a run trains it (packing: sdpa_segments)
     data = build_datamodule(cfg, tokenizer, template)
     module = build_module(cfg, model, data)
     data.setup("fit")  # tokenise now (setup() is idempotent) so the count is known and stays out of the timing
@@ -327,8 +327,8 @@ def run_worker(args: argparse.Namespace) -> None:
     if args.worker == "trl":
         result = worker_trl(args)
     else:
-        result = worker_rt_lab(args, packing=args.worker == "rt_lab_packed",
-                               fused_loss=args.worker != "rt_lab_unfused")
+        result = worker_rt_lab(args, packing=args.worker.startswith("rt_lab_packed"),
+                               fused_loss=not args.worker.endswith("unfused"))
     Path(args.result_file).write_text(json.dumps(result))
 
 
@@ -424,7 +424,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
           f"(timed: steps 2..{args.steps}) threads={trl_result['torch_threads']}")
     memory_label = ("peak RSS during training minus RSS before it" if args.device == "cpu"
                     else "torch.cuda.max_memory_allocated during training")
-    print(f"{'framework':<20}{'sup_tok/s':>12}{'wall_tok/s':>12}{'peak_mem_MB':>14}"
+    print(f"{'framework':<26}{'sup_tok/s':>12}{'wall_tok/s':>12}{'peak_mem_MB':>14}"
           f"{'ratio_vs_trl':>14}{'wall_ratio':>12}{'mem_ratio':>11}")
     for worker, label in FRAMEWORKS.items():
         result = results.get(worker)
@@ -435,7 +435,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         trl_memory = trl_result["peak_mem_mb"]
         mem_ratio = result["peak_mem_mb"] / trl_memory if trl_memory > 0 else float("nan")
         first = worker == "trl"
-        print(f"{label:<20}{result['tok_per_s']:>12.1f}{result['wall_tok_per_s']:>12.1f}"
+        print(f"{label:<26}{result['tok_per_s']:>12.1f}{result['wall_tok_per_s']:>12.1f}"
               f"{result['peak_mem_mb']:>14.1f}{'' if first else f'{ratio:.2f}x':>14}"
               f"{'' if first else f'{wall_ratio:.2f}x':>12}{'' if first else f'{mem_ratio:.2f}x':>11}")
     print(f"sup_tok/s = supervised tokens (response + EOS) per second of step time; wall_tok/s also counts the "
