@@ -137,7 +137,7 @@ def generate_outputs(answer: BatchGenerator, tokenizer: Any, template: Template,
     out_dir.mkdir(parents=True, exist_ok=True)
     with partial.open("a", encoding="utf-8") as sink, \
             tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="generating", unit="prompt") as progress:
-        for index, text in answer([encoded[p.id] for p in todo]):
+        for index, text in answer([encoded[p.id] for p in todo]) if todo else ():  # nothing asks for the model
             outputs[todo[index].id] = text
             sink.write(json.dumps({"id": todo[index].id, "output": text}, ensure_ascii=False) + "\n")
             sink.flush()
