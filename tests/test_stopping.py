@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from rt_lab.data.templates import TagTemplate
-from rt_lab.generate.decode import encode_prompt, hf_batch_generator
+from rt_lab.generate.decode import encode_prompt, hf_batch_generator, in_prompt_order
 from rt_lab.generate.stopping import model_generation_config, stop_token_ids, until_stop
 
 GREEDY = OmegaConf.create({"max_new_tokens": 12, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
@@ -58,10 +58,10 @@ def test_hf_generation_stops_at_any_model_eos_without_its_text(tiny_path, tiny_t
                            eos_token_id=tiny_tokenizer.eos_token_id)[0, len(prompt.ids):].tolist()
     special = set(tiny_tokenizer.all_special_ids)
     cut = next(k for k in range(2, len(plain)) if plain[k] not in special and plain[k] not in plain[:k])
-    assert hf_batch_generator(model, tiny_tokenizer, GREEDY)([prompt]) == \
+    assert in_prompt_order(hf_batch_generator(model, tiny_tokenizer, GREEDY)([prompt]), 1) == \
         [tiny_tokenizer.decode(until_stop(plain, [tiny_tokenizer.eos_token_id]), skip_special_tokens=True)]
     stopping = AutoModelForCausalLM.from_pretrained(
         with_model_eos(tiny_path, tmp_path / "stops", [tiny_tokenizer.eos_token_id, plain[cut]]))
-    (answer,) = hf_batch_generator(stopping, tiny_tokenizer, GREEDY)([prompt])
+    (answer,) = in_prompt_order(hf_batch_generator(stopping, tiny_tokenizer, GREEDY)([prompt]), 1)
     assert answer == tiny_tokenizer.decode(plain[:cut], skip_special_tokens=True)
     assert tiny_tokenizer.decode(plain[:cut + 1], skip_special_tokens=True) != answer

@@ -120,7 +120,7 @@ def hf_batch_generator(model: Any, tokenizer: Any, cfg: Any, rules: Sequence[Rul
     if next(model.parameters()).device != device:
         model.to(device)
     model.eval()
-    return lambda prompts: generate_stream(model, tokenizer, prompts, config, rules, cfg.batch_size)
+    return lambda prompts: generate_stream(model, tokenizer, prompts, config, rules, cfg.get("batch_size"))
 
 
 def generate_outputs(answer: BatchGenerator, tokenizer: Any, template: Template, prompts: Sequence[Prompt],
