@@ -106,6 +106,18 @@ def test_batching_and_padding_give_the_batch_size_1_scores(tiny_model, tiny_toke
     assert one["n_pairs"] == many["n_pairs"] == 6 * 5 - one["n_self_draws"]
 
 
+def test_the_fused_and_reference_lm_head_give_the_same_scores(tiny_model, tiny_tokenizer):
+    from rt_lab.train.token_losses import fused_head
+
+    assert fused_head(tiny_model) is not None  # the default path really is the fused one
+    rows = rows_of(ALPACA_ROWS)
+    fused, records_fused = rank(rows, tiny_model, tiny_tokenizer, TAGS, 5, 0, 1024, batch_size=4)
+    reference, records_reference = rank(rows, tiny_model, tiny_tokenizer, TAGS, 5, 0, 1024, batch_size=4,
+                                        fused=False)
+    assert [r["score"] for r in records_fused] == pytest.approx([r["score"] for r in records_reference], rel=1e-5)
+    assert fused["n_pairs"] == reference["n_pairs"]
+
+
 def test_truncation_at_max_length_and_instructions_that_fill_it(tiny_model, tiny_tokenizer):
     long_response = " ".join(["word"] * 200)
     rows = rows_of([{"instruction": "Repeat a word.", "input": "", "output": long_response},
