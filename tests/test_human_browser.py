@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -68,7 +68,14 @@ def wait_for(driver, condition) -> dict[str, str]:
     def ready(d):
         if d.execute_script("return document.readyState") != "complete":
             return False
-        shown = screen(d)
+        try:
+            shown = screen(d)
+        except WebDriverException as err:
+            # the next page replaced this one between finding a node and reading it (Chromium's wording of a
+            # stale element, not raised as StaleElementReferenceException)
+            if "does not belong to the document" in str(err):
+                return False
+            raise
         return shown if condition(shown) else False
 
     return WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
