@@ -89,11 +89,10 @@ def product_of_experts(logits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 class RuleHead(LogitsProcessor):
-    """Product of experts over one left-padded batch, in rt_lab's decoding loop or transformers' `generate`: row b
-    starts as slot b of a `RuleState`. `response_start[b]` is where row b's response begins in the padded input
+    """Product of experts as a logits processor of transformers' `generate` over one static, left-padded batch:
+    row b is slot b of a `RuleState`. `response_start[b]` is where row b's response begins in the padded input
     (t counts from there, and the `response` scope starts there); `instruction_start[b]` is where its instruction
-    begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches; rows that leave the batch
-    leave the head (and its state) through `select_rows`, so row b stays slot b."""
+    begins (the `since_user_tag` scope). Both stay right for ragged, left-padded batches."""
 
     def __init__(self, rules: Sequence[Rule], response_start: torch.Tensor, instruction_start: torch.Tensor) -> None:
         self.rules = list(rules)
@@ -101,13 +100,6 @@ class RuleHead(LogitsProcessor):
         self.instruction_start = instruction_start
         self.state: RuleState | None = None
         self.seen = 0
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (in this order): the decoding loop drops rows that have finished."""
-        if self.state is None:
-            self.response_start, self.instruction_start = self.response_start[rows], self.instruction_start[rows]
-        else:
-            self.state.keep(rows)
 
     def rule_scores(self, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
         batch, length = input_ids.shape
