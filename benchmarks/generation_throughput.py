@@ -69,8 +69,7 @@ def batched(model, tokenizer, prompts: list[EncodedPrompt], rules, config, batch
     """As a run generates: longest prompt first, `batch_size` rows decoding, refilled as rows finish."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     answers = generate_stream(model, tokenizer, [prompts[i] for i in order], config, rules, batch_size)
-    texts = in_prompt_order(answers, len(prompts))
-    return [texts[order.index(i)] for i in range(len(prompts))]
+    return in_prompt_order(((order[rank], text) for rank, text in answers), len(prompts))
 
 
 def timed(label, func, tokenizer):

@@ -112,6 +112,12 @@ def test_prompts_join_once_a_quarter_of_the_rows_are_free(model, tiny_tokenizer)
     assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
 
 
+def config_with_eos_id(eos: int, max_new_tokens: int):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=0)
+
+
 def test_a_cache_rows_cannot_join_decodes_static_batches_with_the_same_answers():
     """Gemma-2's sliding-window layers cannot take joining rows: the loop decodes `batch_size` prompts at a time,
     rows still leaving as they finish (random weights, prompts of random ids)."""
@@ -139,12 +145,6 @@ def test_a_cache_rows_cannot_join_decodes_static_batches_with_the_same_answers()
     assert prefill_rows == [2, 2, 1]  # a new batch only when the last one has ended
 
 
-def config_with_eos_id(eos: int, max_new_tokens: int):
-    from transformers import GenerationConfig
-
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=0)
-
-
 def test_min_new_tokens_blocks_eos_and_max_new_tokens_caps_every_row(model, tiny_tokenizer, prompts):
     eos = ragged_eos(model, tiny_tokenizer, prompts)
     answers, _ = decoded(model, tiny_tokenizer, prompts, config_with_eos(tiny_tokenizer, eos, max_new_tokens=10,
@@ -164,3 +164,11 @@ def test_sampling_draws_from_the_seeded_generator_and_every_row_ends(model, tiny
     greedy = config_with_eos(tiny_tokenizer, tiny_tokenizer.eos_token_id)
     assert runs[0] != decoded(model, tiny_tokenizer, prompts, greedy, batch_size=3)[0]
     assert all(1 <= len(answer) <= 16 for answer in runs[0])
+
+
+def test_rules_without_instruction_starts_are_refused(model, tiny_tokenizer, prompts):
+    from tests.test_rules import paper_rules_cfg
+
+    rules = build_rules(paper_rules_cfg(*RULES), tiny_tokenizer)
+    with pytest.raises(ValueError, match="needs instruction_starts"):
+        next(decode(model, [p.ids for p in prompts], config_with_eos_id(0, 4), 2, 0, rules))

@@ -76,8 +76,6 @@ def finish_output(text: str, stop: Sequence[str], strip: str | None) -> str:
 def generate_stream(model: Any, tokenizer: Any, prompts: Sequence[EncodedPrompt], config: Any,
                     rules: Sequence[Rule] = (), batch_size: int | None = None) -> Iterator[tuple[int, str]]:
     """`(index, answer)` for each prompt as it finishes, at most `batch_size` (default: all) decoding at once."""
-    if not prompts:
-        return
     config = copy.deepcopy(config)
     config.eos_token_id = stops = stop_token_ids(tokenizer, model.generation_config)
     # transformers' matcher of the config's stop strings against token ids (it needs the tokenizer's vocabulary)

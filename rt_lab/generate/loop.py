@@ -19,7 +19,7 @@ in from the checkpoint's `generation_config.json` (a chat model's default sampli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -86,9 +86,13 @@ class Rows:
     def __len__(self) -> int:
         return len(self.prompt)
 
+    def per_row(self) -> list[str]:
+        """The names of the (B, ...) tensors."""
+        return [field.name for field in fields(self) if field.name != "cache"]
+
     def keep(self, rows: torch.Tensor) -> None:
-        self.prompt, self.ids, self.attention, self.position, self.generated = (
-            t[rows] for t in (self.prompt, self.ids, self.attention, self.position, self.generated))
+        for name in self.per_row():
+            setattr(self, name, getattr(self, name)[rows])
         self.cache.batch_select_indices(rows)
 
     def cut_common_padding(self) -> None:
@@ -108,18 +112,16 @@ class Rows:
             rows.ids, rows.attention = pad_left(rows.ids, grow, 1, pad_id), pad_left(rows.attention, grow, 1)
             for layer in rows.cache.layers:
                 layer.keys, layer.values = pad_left(layer.keys, grow, 2), pad_left(layer.values, grow, 2)
-        self.prompt, self.ids, self.attention, self.position, self.generated = (
-            torch.cat([mine, theirs]) for mine, theirs in ((self.prompt, other.prompt), (self.ids, other.ids),
-                                                           (self.attention, other.attention),
-                                                           (self.position, other.position),
-                                                           (self.generated, other.generated)))
+        for name in self.per_row():
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
             mine.keys, mine.values = torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values])
 
 
-def joinable(cache: DynamicCache) -> bool:
-    """Whether rows can join and padding columns be cut: every layer a plain full-attention `DynamicLayer`."""
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+def joinable(model: Any) -> bool:
+    """Whether rows can join and padding columns be cut: every cache layer of the model a plain full-attention
+    `DynamicLayer`."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
 def prefill(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor,
@@ -142,6 +144,8 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     including its EOS or the token that completes a stop string, at most `config.max_new_tokens`. Prompts join in
     the given order, at most `batch_size` decoding at once. With `rules`, the rule head scores every step;
     `instruction_starts[i]` is where prompt i's instruction begins (its `since_user_tag` scope)."""
+    if rules and instruction_starts is None:
+        raise ValueError("decoding with rules needs instruction_starts: where each prompt's instruction begins")
     device = next(model.parameters()).device
     eos = torch.tensor(eos_ids(config), device=device)
     warpers = sampling_warpers(config) if config.do_sample else None
@@ -151,23 +155,22 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     # however few prompts it holds, and one per freed row cost more than the rows left idle meanwhile (SmolLM2 on
     # a CPU, batch 8 and 16: 4-12% faster than joining each prompt as soon as its row is free).
     join_at = max(1, batch_size // 4)
+    refills = joinable(model)
     head: RowRuleHead | None = None
     rows: Rows | None = None
     logits = torch.empty(0)
     waiting = 0  # the next prompt to join
     while True:
         room = batch_size - (len(rows) if rows is not None else 0)
-        if waiting < len(prompts) and room >= min(join_at, len(prompts) - waiting) and \
-                (rows is None or joinable(rows.cache)):
+        if waiting < len(prompts) and room >= min(join_at, len(prompts) - waiting) and (rows is None or refills):
             joining = range(waiting, min(len(prompts), waiting + room))
             waiting = joining.stop
             new, new_logits = prefill(model, [prompts[i] for i in joining],
                                       torch.arange(joining.start, joining.stop, device=device), pad_id)
             if rules:
                 head = head or RowRuleHead(rules, new_logits.shape[-1], device)
-                starts = [0] * len(joining) if instruction_starts is None else \
-                    [instruction_starts[i] for i in joining]
-                head.join(new.ids, new.position + 1, torch.tensor(starts, device=device))
+                starts = torch.tensor([instruction_starts[i] for i in joining], device=device)
+                head.join(new.ids, new.position + 1, starts)
             if rows is None:
                 rows, logits = new, new_logits
             else:
@@ -207,7 +210,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
                 continue
             rows.keep(keep)
             token = token[keep]
-            if joinable(rows.cache):
+            if refills:
                 rows.cut_common_padding()
         logits = model(input_ids=token[:, None], attention_mask=rows.attention, position_ids=rows.position[:, None],
                        cache=rows.cache, use_cache=True).logits[:, -1]
