@@ -48,17 +48,9 @@ class Inputs:
 
 def average_ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n; tied values share the mean of the ranks they span (as scipy.stats.rankdata's default)."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    _, group, counts = np.unique(np.asarray(values, dtype=float), return_inverse=True, return_counts=True)
+    # a group of `count` equal values ends at rank cumsum(counts); its ranks' mean lies (count - 1) / 2 below that
+    return (np.cumsum(counts) - (counts - 1) / 2)[group]
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
