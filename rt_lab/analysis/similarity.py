@@ -76,9 +76,7 @@ def mean_cosine(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
 
 def similarity_points(inputs: Inputs, embed: Embed, cache: Path | None = None) -> list[dict[str, Any]]:
     """One row per answered instruction: x, y and y's two parts."""
-    sets = {name: getattr(inputs, name) for name in ("instructions", "outputs", "task_instructions", "task_responses",
-                                                     "general_responses")}
-    unit = {name: unit_rows(embedded(embed, texts, name, cache), name) for name, texts in sets.items()}
+    unit = {name: unit_rows(embedded(embed, texts, name, cache), name) for name, texts in vars(inputs).items()}
     x = mean_cosine(unit["instructions"], unit["task_instructions"])
     to_task = mean_cosine(unit["outputs"], unit["task_responses"])
     to_general = mean_cosine(unit["outputs"], unit["general_responses"])
