@@ -29,7 +29,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from rt_lab.analysis.embeddings import Embed, Encoder, describe, texts_key
-from rt_lab.io import atomic_write_bytes, atomic_write_json, read_records
+from rt_lab.compare.runs import Run, load_run
+from rt_lab.io import atomic_write_bytes, atomic_write_json
 from rt_lab.layout import RunDir
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,9 @@ class Inputs:
 
 def average_ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n; tied values share the mean of the ranks they span (as scipy.stats.rankdata's default)."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    _, group, counts = np.unique(np.asarray(values, dtype=float), return_inverse=True, return_counts=True)
+    # a group of `count` equal values ends at rank cumsum(counts); its ranks' mean lies (count - 1) / 2 below that
+    return (np.cumsum(counts) - (counts - 1) / 2)[group]
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -83,9 +76,7 @@ def mean_cosine(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
 
 def similarity_points(inputs: Inputs, embed: Embed, cache: Path | None = None) -> list[dict[str, Any]]:
     """One row per answered instruction: x, y and y's two parts."""
-    sets = {name: getattr(inputs, name) for name in ("instructions", "outputs", "task_instructions", "task_responses",
-                                                     "general_responses")}
-    unit = {name: unit_rows(embedded(embed, texts, name, cache), name) for name, texts in sets.items()}
+    unit = {name: unit_rows(embedded(embed, texts, name, cache), name) for name, texts in vars(inputs).items()}
     x = mean_cosine(unit["instructions"], unit["task_instructions"])
     to_task = mean_cosine(unit["outputs"], unit["task_responses"])
     to_general = mean_cosine(unit["outputs"], unit["general_responses"])
@@ -123,14 +114,15 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 # --- where the texts come from --------------------------------------------------------------------------------
 
 
-def run_config(run_dir: Path) -> Any:
+def finished_run(run_dir: Path) -> Run:
+    """The run (rt_lab.compare's view of a job dir) whose answers the analysis reads."""
     layout = RunDir(run_dir)
     if not layout.hydra_config.is_file():
         raise FileNotFoundError(f"{run_dir}: no {layout.hydra_config.relative_to(run_dir)}; give a run dir "
                                 "(one job of a launch)")
     if not layout.outputs.is_file():
         raise FileNotFoundError(f"{run_dir}: no {layout.outputs.name}; the run has not finished generating")
-    return OmegaConf.load(layout.hydra_config)
+    return load_run(run_dir)
 
 
 def dataset_config(run_cfg: Any, name: str) -> Any:
@@ -157,14 +149,13 @@ def turns(rows: Sequence[Any], role: str, dataset: str, first_only: bool) -> lis
     return texts
 
 
-def load_inputs(run_dir: Path, task: str, general: str = "lima", data_dir: str | None = None,
+def load_inputs(run: Run, task: str, general: str = "lima", data_dir: str | None = None,
                 general_limit: int | None = None) -> Inputs:
     from rt_lab.data.datasets import load_rows
 
-    run_cfg = run_config(run_dir)
-    data_dir = data_dir or OmegaConf.select(run_cfg, "paths.data_dir")
-    answered = [record for _, record in read_records(RunDir(run_dir).outputs)]
-    task_cfg, general_cfg = dataset_config(run_cfg, task), dataset_config(run_cfg, general)
+    data_dir = data_dir or OmegaConf.select(run.cfg, "paths.data_dir")
+    answered = run.outputs()
+    task_cfg, general_cfg = dataset_config(run.cfg, task), dataset_config(run.cfg, general)
     if general_limit:
         general_cfg = OmegaConf.merge(general_cfg, {"limit": general_limit, "sample": None})
     task_rows, general_rows = load_rows(task_cfg, data_dir), load_rows(general_cfg, data_dir)
@@ -196,17 +187,17 @@ def analyse(run_dir: Path, task: str, embed: Embed, general: str = "lima", data_
     from rt_lab.compare.report import write_csv
 
     out = out or RunDir(run_dir).analysis_dir(f"similarity_{task}")
-    inputs = load_inputs(run_dir, task, general, data_dir, general_limit)
+    run = finished_run(run_dir)
+    inputs = load_inputs(run, task, general, data_dir, general_limit)
     points = similarity_points(inputs, embed, out / "embeddings")
     rho = spearman([p["x_instruction_to_task"] for p in points], [p["y"] for p in points])
-    name = str(OmegaConf.select(run_config(run_dir), "run.name", default=run_dir.name))
-    summary = {"run": str(run_dir), "run_name": name, "task": task, "general": general, "embedder": describe(embed),
+    summary = {"run": str(run_dir), "run_name": run.name, "task": task, "general": general, "embedder": describe(embed),
                "n": len(points), "spearman": rho, "n_task_rows": len(inputs.task_instructions),
                "n_general_responses": len(inputs.general_responses),
                "mean_x": float(np.mean([p["x_instruction_to_task"] for p in points])),
                "mean_y": float(np.mean([p["y"] for p in points]))}
     write_csv(out / "points.csv", points)
-    scatter(points, rho, task, general, name, out / "scatter.png")
+    scatter(points, rho, task, general, run.name, out / "scatter.png")
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -239,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def own_task(run_dir: Path) -> str:
-    dataset = run_config(run_dir).dataset
+    dataset = finished_run(run_dir).cfg.dataset
     if not dataset.get("single_task"):
         raise ValueError(f"{run_dir}: the run trained on {dataset.name}, not a single task; name one with --task")
     return str(dataset.name)

@@ -59,13 +59,16 @@ def reference_file(file: str | Path) -> Reference:
     return Reference(name, records, path, f"file {name}")
 
 
+def load_run(run_dir: Path) -> Run:
+    """A job dir's run: its saved config and command-line overrides."""
+    job = RunDir(run_dir)
+    overrides = list(OmegaConf.load(job.hydra_overrides)) if job.hydra_overrides.is_file() else []
+    return Run(job.path, OmegaConf.load(job.hydra_config), [str(o) for o in overrides])
+
+
 def find_runs(sweep_dir: Path) -> list[Run]:
     """Every job dir under `sweep_dir` (a dir holding `.hydra/config.yaml`), in job-number order."""
-    runs = []
-    for job in SweepDir(sweep_dir).run_dirs():
-        overrides = list(OmegaConf.load(job.hydra_overrides)) if job.hydra_overrides.is_file() else []
-        runs.append(Run(job.path, OmegaConf.load(job.hydra_config), [str(o) for o in overrides]))
-    return runs
+    return [load_run(job.path) for job in SweepDir(sweep_dir).run_dirs()]
 
 
 def missing_jobs(sweep_dir: Path, runs: Sequence[Run]) -> list[str]:

@@ -71,8 +71,7 @@ def run_template(cfg: Any) -> Template:
     An in-context prompt renders no conversations, so evaluations that need that are refused before anything runs."""
     if not cfg.method.get("prompt"):
         return instantiate(cfg.template)
-    scoring = [name for name, on in (("ranking", cfg.eval.get("ranking")), ("benchmarks", cfg.eval.get("benchmarks")))
-               if on]
+    scoring = [name for name in ("ranking", "benchmarks") if cfg.eval.get(name)]
     if scoring:
         raise ValueError(f"method={cfg.method.name} frames prompts in-context, but eval {scoring} scores rendered "
                          "conversations; run those evaluations with another method")
