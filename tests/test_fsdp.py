@@ -100,14 +100,14 @@ def attempts(out: Path, name: str) -> list[tuple[dict, dict[str, torch.Tensor]]]
 def test_each_decoder_layer_is_a_checkpointed_unit_with_fp32_master_weights(two_ranks):
     report, _ = attempts(two_ranks, "full")[0]
     wrapping = report["wrapping"]
+    bf16 = attempts(two_ranks, "bf16")[0][0]["wrapping"]
     assert report["world_size"] == 2 and wrapping["root_is_fsdp"]
     assert wrapping["units"] == wrapping["checkpointed"] == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
     assert not wrapping["hf_gradient_checkpointing"]  # transformers' own would recompute a second time
     # the fused LM head + cross-entropy, which reads the head's weight itself: gathered inside the root's forward
-    assert wrapping["fused_loss"] and attempts(two_ranks, "bf16")[0][0]["wrapping"]["fused_loss"]
+    assert wrapping["fused_loss"] and bf16["fused_loss"]
     assert wrapping["flat_param_dtypes"] == ["torch.float32"]
     assert wrapping["mixed_precision"] == ["torch.float32"] * 3  # 32-true
-    bf16 = attempts(two_ranks, "bf16")[0][0]["wrapping"]
     assert (bf16["units"], bf16["checkpointed"]) == (["LlamaDecoderLayer", "LlamaDecoderLayer"], [])
     # bf16 compute on fp32 flat parameters; gradients reduced and buffers (RoPE inv_freq) kept in fp32
     assert bf16["flat_param_dtypes"] == ["torch.float32"]
@@ -117,7 +117,7 @@ def test_each_decoder_layer_is_a_checkpointed_unit_with_fp32_master_weights(two_
 @pytest.mark.parametrize("kind", ["full", "sharded"])
 def test_stopped_and_resumed_fsdp_takes_the_steps_of_one_device(compose, tmp_path, two_ranks, kind):
     single, single_losses = fit(compose(STEPS + ["trainer=cpu"]), tmp_path)
-    (first, _), (second, resumed) = attempts(two_ranks, kind)
+    (first, after_two), (second, resumed) = attempts(two_ranks, kind)
     assert sorted(first["losses"]) == ["1", "2"] and sorted(second["losses"]) == ["3"]
     assert (two_ranks / kind / "checkpoints" / "last.ckpt").is_dir() == (kind == "sharded")
     losses = {**first["losses"], **second["losses"]}
@@ -125,7 +125,6 @@ def test_stopped_and_resumed_fsdp_takes_the_steps_of_one_device(compose, tmp_pat
         assert losses[str(step)] == pytest.approx(loss, rel=1e-5), step
     reference = dict(single.named_parameters())
     assert set(resumed) == set(reference)
-    after_two = attempts(two_ranks, kind)[0][1]
     gathered = torch.load(two_ranks / kind / "1-state.pt")  # what generation.at_epochs exports mid-training
     assert set(gathered) == {f"model.{name}" for name in resumed}
     for name, value in resumed.items():

@@ -29,6 +29,8 @@ from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import OmegaConf
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 FSDP_NAMES = ("fsdp", "fsdp_cpu_offload")  # Lightning's registered names: one unit for the whole model
 
@@ -46,8 +48,6 @@ class LayerWrappedFSDP(FSDPStrategy):
 
     @property
     def mixed_precision_config(self) -> Any:
-        from torch.distributed.fsdp import MixedPrecision
-
         precision = str(self.precision_plugin.precision)
         if self.mixed_precision is not None or not precision.endswith("-mixed"):
             return super().mixed_precision_config
@@ -75,9 +75,6 @@ class LayerWrappedFSDP(FSDPStrategy):
         return get_optimizer_state_dict(self.model, optimizer, options=full_state_options(self.root_device))
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
         causal_lm = model.model
         frozen = [name for name, p in causal_lm.named_parameters() if not p.requires_grad]
         if frozen:
@@ -109,8 +106,6 @@ def layer_classes(model: nn.Module, names: Iterable[str] | None = None) -> tuple
 
 
 def is_sharded(module: Any) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
     return isinstance(module, FullyShardedDataParallel)
 
 
