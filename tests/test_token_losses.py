@@ -12,6 +12,7 @@ from rt_lab.data.datamodule import collate_padded
 from rt_lab.data.masking import IGNORE, Example
 from rt_lab.data.packing import collate_packed
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
+from rt_lab.train import token_losses
 from rt_lab.train.token_losses import fused_head
 
 SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -45,7 +46,11 @@ def loss_and_grads(model, batch, head, normalization):
 @pytest.mark.parametrize("tied", [False, True], ids=["untied_head", "tied_head"])
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_fused_loss_and_gradients_equal_the_reference_in_fp32(examples, tied, normalization, packed):
+@pytest.mark.parametrize("chunk_rows", [None, 5], ids=["one_chunk", "chunks_of_5_rows"])
+def test_fused_loss_and_gradients_equal_the_reference_in_fp32(examples, tied, normalization, packed, chunk_rows,
+                                                               monkeypatch):
+    if chunk_rows:  # the 27 supervised targets then span 6 chunks
+        monkeypatch.setattr(token_losses, "CPU_CHUNK_BYTES", 4 * SHAPE["vocab_size"] * chunk_rows)
     model = random_model(LlamaConfig, tie_word_embeddings=tied)
     head = fused_head(model)
     assert head is not None and (head.head.weight is model.get_input_embeddings().weight) == tied
