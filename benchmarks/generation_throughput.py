@@ -9,7 +9,7 @@ Prints generated tokens/s for each, (b)/(a) speed-up, and how many prompts (a) a
 rules, same greedy decoding). Rules change answers' lengths, so the head's own cost is measured separately: (b)
 and (c) again with every row decoding exactly max_new_tokens.
 
-    python benchmarks/generation_throughput.py --data-dir ../shared/data
+    python benchmarks/generation_throughput.py --data-dir ../shared/data --batch-size 8 16 --repeats 3
 """
 
 from __future__ import annotations
@@ -72,13 +72,20 @@ def batched(model, tokenizer, prompts: list[EncodedPrompt], rules, config, batch
     return in_prompt_order(((order[rank], text) for rank, text in answers), len(prompts))
 
 
-def timed(label, func, tokenizer):
-    started = time.perf_counter()
-    texts = func()
-    seconds = time.perf_counter() - started
-    tokens = count_generated(tokenizer, texts)
-    print(f"  {label:<32} {tokens:>6} tokens  {seconds:8.1f} s  {tokens / seconds:8.1f} tok/s", flush=True)
-    return texts, tokens / seconds
+def timed(label: str, func, tokenizer, repeats: int) -> tuple[list[str], float]:
+    """Runs `func` `repeats` times; its answers, and the tokens/s of the fastest run (every run decodes the same
+    tokens: greedy). The fastest run is the one least disturbed by other work on a shared machine."""
+    speeds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        texts = func()
+        seconds = time.perf_counter() - started
+        tokens = count_generated(tokenizer, texts)
+        speeds.append(tokens / seconds)
+    runs = f"  (runs: {', '.join(f'{speed:.1f}' for speed in speeds)})" if repeats > 1 else ""
+    print(f"  {label:<32} {tokens:>6} tokens  {tokens / max(speeds):8.1f} s  {max(speeds):8.1f} tok/s{runs}",
+          flush=True)
+    return texts, max(speeds)
 
 
 def main() -> None:
@@ -87,7 +94,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[16],
+                        help="one or more batch sizes; (a) runs once for all of them")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time every variant this many times and keep its fastest run")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -102,23 +112,28 @@ def main() -> None:
                for p in load_prompts(cfg.prompts, args.data_dir)]
     rules = build_rules(cfg.rules, tokenizer)
     config = generation_config(cfg.generation, tokenizer)
-    print(f"model={args.model} prompts={len(prompts)} (AlpacaEval) max_new_tokens={args.max_new_tokens} "
-          f"batch={args.batch_size} device=cpu threads={torch.get_num_threads()} rules={list(cfg.rules.enabled)}")
-    texts_a, tps_a = timed("(a) original: batch 1, no cache", lambda: original(model, tokenizer, prompts, rules,
-                                                                                args.max_new_tokens), tokenizer)
-    texts_b, tps_b = timed("(b) rt_lab with rules", lambda: batched(model, tokenizer, prompts, rules, config,
-                                                                     args.batch_size), tokenizer)
-    _, tps_c = timed("(c) rt_lab without rules", lambda: batched(model, tokenizer, prompts, [], config,
-                                                                  args.batch_size), tokenizer)
     fixed = generation_config(OmegaConf.merge(cfg.generation, {"min_new_tokens": args.max_new_tokens}), tokenizer)
-    _, fixed_b = timed("(b) with rules, fixed length", lambda: batched(model, tokenizer, prompts, rules, fixed,
-                                                                        args.batch_size), tokenizer)
-    _, fixed_c = timed("(c) without rules, fixed length", lambda: batched(model, tokenizer, prompts, [], fixed,
-                                                                           args.batch_size), tokenizer)
-    same = sum(a == b for a, b in zip(texts_a, texts_b))
-    print(f"speed-up (b)/(a): {tps_b / tps_a:.1f}x   identical answers (a) vs (b): {same}/{len(prompts)}\n"
-          f"rule-head overhead at equal decoding steps (c)/(b): {fixed_c / fixed_b:.3f}   "
-          f"(free-running tokens/s (c)/(b): {tps_c / tps_b:.3f}, answers differ in length)")
+    print(f"model={args.model} prompts={len(prompts)} (AlpacaEval) max_new_tokens={args.max_new_tokens} "
+          f"device=cpu threads={torch.get_num_threads()} rules={list(cfg.rules.enabled)} "
+          f"fastest of {args.repeats} run(s) each")
+    texts_a, tps_a = timed("(a) original: batch 1, no cache", lambda: original(model, tokenizer, prompts, rules,
+                                                                                args.max_new_tokens), tokenizer,
+                           args.repeats)
+    for batch_size in args.batch_size:
+        print(f"batch {batch_size}:")
+
+        def run(generation_config, with_rules):
+            return lambda: batched(model, tokenizer, prompts, rules if with_rules else [], generation_config,
+                                   batch_size)
+
+        texts_b, tps_b = timed("(b) rt_lab with rules", run(config, True), tokenizer, args.repeats)
+        _, tps_c = timed("(c) rt_lab without rules", run(config, False), tokenizer, args.repeats)
+        _, fixed_b = timed("(b) with rules, fixed length", run(fixed, True), tokenizer, args.repeats)
+        _, fixed_c = timed("(c) without rules, fixed length", run(fixed, False), tokenizer, args.repeats)
+        same = sum(a == b for a, b in zip(texts_a, texts_b))
+        print(f"  speed-up (b)/(a): {tps_b / tps_a:.1f}x   identical answers (a) vs (b): {same}/{len(prompts)}\n"
+              f"  rule-head overhead at equal decoding steps (c)/(b): {fixed_c / fixed_b:.3f}   "
+              f"(free-running tokens/s (c)/(b): {tps_c / tps_b:.3f}, answers differ in length)")
 
 
 if __name__ == "__main__":
