@@ -1,7 +1,8 @@
 """The swap of `last.ckpt` (rt_lab/train/preemption.py) and the recovery a rerun does first: whatever a crash left
 on disk (the checkpoint a file or a folder of FSDP shards, a stale aside or staged copy a file or a folder), the
 next swap succeeds and the rerun resumes from the newest complete checkpoint. The crash states are laid out on
-disk directly; the last test resumes a real training run from one."""
+disk directly; a real Trainer's save is cut short by a failing object; the last test resumes a real training run
+from a crash state."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import itertools
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import TINY
-from rt_lab.train.preemption import aside_of, recover, replace, staging_of
+from rt_lab.train.fit import build_trainer
+from rt_lab.train.preemption import StagedCheckpointIO, aside_of, recover, replace, staging_of
 from test_training import fit
 
 KINDS = ["file", "folder"]
@@ -95,6 +98,26 @@ def test_recover_leaves_the_newest_complete_checkpoint_after_any_crash(tmp_path,
     lay(staging_of(target), "folder", "next")
     replace(staging_of(target), target)
     assert content(target) == "next" and checkpoint_files(tmp_path) == ["last.ckpt"]
+
+
+class Unsaveable:
+    def __reduce__(self):
+        raise OSError("no space left on device")
+
+
+def test_a_save_cut_short_leaves_the_previous_checkpoint_whole(compose, tmp_path):
+    trainer = build_trainer(compose(TINY), tmp_path, [])
+    io = trainer.strategy.checkpoint_io
+    assert isinstance(io, StagedCheckpointIO)  # what every save of a run goes through, periodic or final
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(3), "step": 1}, last)
+    with pytest.raises(OSError, match="no space left"):
+        io.save_checkpoint({"weights": torch.zeros(3), "step": Unsaveable()}, last)
+    assert staging_of(last).exists()
+    saved = torch.load(last)
+    assert saved["step"] == 1 and torch.equal(saved["weights"], torch.ones(3))
+    recover(last)
+    assert checkpoint_files(last.parent) == ["last.ckpt"]
 
 
 def test_a_run_whose_checkpoint_was_left_aside_resumes_from_the_newest(compose, tmp_path):

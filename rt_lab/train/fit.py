@@ -19,7 +19,7 @@ from rt_lab.train.module import CausalLMModule
 from rt_lab.layout import RunDir
 from rt_lab.loggers import TrimLogsOnResume
 from rt_lab.train.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
-from rt_lab.train.preemption import PreemptionGuard, recover
+from rt_lab.train.preemption import PreemptionGuard, StagedCheckpointIO, recover
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
     guard = PreemptionGuard(layout.checkpoint)
     trim = TrimLogsOnResume()
     # Under SLURM, submitit owns the requeue signal; Lightning's own auto-requeue would fight it.
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    plugins = [StagedCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])]
     return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, guard, trim, *callbacks],
                        logger=list(loggers) or False, plugins=plugins)
 

@@ -14,7 +14,8 @@
   layer, in place of transformers' own (which would recompute inside FSDP units and gather their weights twice).
 - `last.ckpt`: `state_dict_type=full` gathers one file on rank 0 (what the other strategies write, loadable
   anywhere); `sharded` makes `last.ckpt` a folder in which every rank writes its own shard (no rank-0 memory peak
-  for large models; torch.distributed.checkpoint). Either resumes.
+  for large models; torch.distributed.checkpoint). Either resumes, and either is written beside `last.ckpt` and
+  renamed into place (rt_lab/train/preemption.py), so a crash mid-save leaves the previous one whole.
 - Full fine-tunes only: FSDP flattens a layer's parameters into one tensor of one dtype, which an fp32 adapter on
   a bf16 base cannot share; adapters train on one GPU (`trainer=gpu`) or with `trainer=ddp`.
 
@@ -22,6 +23,7 @@ torch's FSDP also runs on CPUs (gloo), which is how the tests check it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -31,6 +33,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from rt_lab.train.preemption import replace, staging_of
 
 FSDP_NAMES = ("fsdp", "fsdp_cpu_offload")  # Lightning's registered names: one unit for the whole model
 
@@ -73,6 +77,17 @@ class LayerWrappedFSDP(FSDPStrategy):
 
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's own
         return get_optimizer_state_dict(self.model, optimizer, options=full_state_options(self.root_device))
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        if self._state_dict_type != "sharded":  # one file on rank 0, through the staged checkpoint IO
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(filepath))
+        staging = staging_of(target)
+        super().save_checkpoint(checkpoint, staging, storage_options)  # every rank its shard
+        self.barrier("sharded checkpoint staged")
+        if self.global_rank == 0:
+            replace(staging, target)
+        self.barrier("sharded checkpoint in place")
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         causal_lm = model.model

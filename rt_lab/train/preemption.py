@@ -1,6 +1,10 @@
-"""Preemption under submitit: its checkpoint-and-requeue signal is held until the running optimizer step ends,
-`last.ckpt` is saved, the step's metrics are logged, and only then handed to submitit, which requeues the job
-and exits. The requeued job reruns in the same dir and resumes from that checkpoint."""
+"""Checkpoints that survive a crash or a preemption at any moment.
+
+Every save is written beside `last.ckpt` and renamed over it (`StagedCheckpointIO`, `replace`), so a crash mid-save
+leaves the previous checkpoint whole, and `recover` clears what the crash left. Under submitit, the
+checkpoint-and-requeue signal is held until the running optimizer step ends, `last.ckpt` is saved, the step's
+metrics are logged, and only then handed to submitit, which requeues the job and exits. The requeued job reruns in
+the same dir and resumes from that checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from types import FrameType
 from typing import Any, Callable
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from rt_lab.io import exclusive
 
@@ -70,6 +76,25 @@ def recover(checkpoint: Path) -> None:
         remove(aside)
 
 
+class StagedCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, saving straight to a staging file on the checkpoint's own filesystem, synced,
+    then renamed into place. Lightning's own writer holds the whole checkpoint in memory and renames a temporary
+    file from the system's temp dir, which is a copy, not an atomic rename, when the run dir is on another
+    filesystem (a cluster's shared storage)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_of(target)
+        with staging.open("wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        replace(staging, target)
+
+
 def submitit_signal() -> signal.Signals | None:
     """The signal submitit's job handler listens to, when this process is a submitit job."""
     if "SUBMITIT_EXECUTOR" not in os.environ:
@@ -101,10 +126,9 @@ class PreemptionGuard(L.Callback):
                            batch_idx: int) -> None:
         if self.signum is None or not trainer.strategy.reduce_boolean_decision(self.pending is not None, all=False):
             return
-        staging = staging_of(self.checkpoint)
-        trainer.save_checkpoint(staging)  # every rank joins; rank 0 writes (FSDP sharded: each rank its shard)
+        # every rank joins; rank 0 writes (FSDP sharded: each rank its shard), staged and renamed into place
+        trainer.save_checkpoint(self.checkpoint)
         if trainer.is_global_zero:
-            replace(staging, self.checkpoint)
             log.warning("saved %s at step %d", self.checkpoint, trainer.global_step)
         self.saved = True
 
