@@ -13,7 +13,7 @@ from rt_lab.data.masking import IGNORE, Example
 from rt_lab.data.packing import collate_packed
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.train import token_losses
-from rt_lab.train.token_losses import fused_head
+from rt_lab.train.token_losses import fused_head, model_inputs
 
 SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=300)
@@ -100,3 +100,21 @@ def test_the_probe_leaves_the_model_in_training_mode_with_dropout():
     model = random_model(LlamaConfig, attention_dropout=0.5).train()
     assert fused_head(model) is not None  # eval-mode probe: dropout does not make the two paths differ
     assert model.training
+
+
+def test_right_padded_rows_reach_sdpa_without_a_mask_and_left_padded_ones_are_refused(examples):
+    model = random_model(LlamaConfig)
+    batch = collate_padded(examples, pad_id=0)
+    assert set(model_inputs(model, batch)) == {"input_ids"}
+    left = dict(batch, attention_mask=batch["attention_mask"].flip(1))
+    with pytest.raises(ValueError, match="padding before real tokens"):
+        model_inputs(model, left)
+
+
+def test_flash_attention_gets_the_padding_mask_stand_in_config_no_gpu_here(examples):
+    """flash-attn needs a GPU: a stand-in model whose config requests it."""
+    from types import SimpleNamespace
+
+    stand_in = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    batch = collate_padded(examples, pad_id=0)
+    assert model_inputs(stand_in, batch)["attention_mask"] is batch["attention_mask"]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils.generic import is_flash_attention_requested
 
 from rt_lab.data.masking import IGNORE
 
@@ -88,7 +89,7 @@ def supervised_token_losses(model: Any, batch: dict[str, torch.Tensor], head: Fu
 
     `keep`, on the reference path: the target columns with any supervised label, the only positions whose logits
     the model computes."""
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+    inputs = model_inputs(model, batch)
     targets = batch["labels"][:, 1:]
     if head is None:
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
@@ -98,6 +99,23 @@ def supervised_token_losses(model: Any, batch: dict[str, torch.Tensor], head: Fu
     hidden = head.decoder(**inputs, use_cache=False).last_hidden_state[:, :-1]
     supervised = targets != IGNORE
     return chunked_cross_entropy(hidden[supervised], head.head, targets[supervised])
+
+
+def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The forward's inputs for right-padded (rt_lab.data.datamodule.collate_padded) or packed rows. The padding mask
+    goes only to flash attention, whose varlen kernels use it to skip the pads. Elsewhere causal attention already
+    keeps every pad out of the real tokens before it, and without a mask sdpa runs its causal kernels (SmolLM2 on a
+    CPU, 4 rows padded to 1,024, forward + backward: 8% faster, 8% less memory, the same loss)."""
+    inputs = {key: batch[key] for key in ("input_ids", "position_ids") if key in batch}
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return inputs
+    if is_flash_attention_requested(model.config):
+        inputs["attention_mask"] = mask
+    elif (mask[:, 1:] > mask[:, :-1]).any():
+        raise ValueError("the loss takes right-padded rows (each row's real tokens first); this batch's attention "
+                         "mask has padding before real tokens")
+    return inputs
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> torch.Tensor:
