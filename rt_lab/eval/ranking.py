@@ -163,8 +163,7 @@ def rank(rows: Sequence[Row], model: Any, tokenizer: Any, template: Template, ri
 @register_evaluation("ranking")
 def ranking(ctx: EvalContext) -> Metrics:
     """`eval=ranking`: response ranking on `eval.ranking`'s rows; per-row scores go to eval/ranking/scores.jsonl.
-    The NLLs take the LM-head path training takes (`trainer.fused_loss`; `trainer=cpu` unfuses: on a CPU the
-    fused forward was 16% slower on rows of 256 tokens and 3% faster on rows of 1,024, SmolLM2-135M)."""
+    The NLLs take the LM-head path training takes (`trainer.fused_loss`)."""
     options = ctx.cfg.eval.ranking
     rows = load_pool(options, ctx.cfg.paths.data_dir)
     out_dir = ctx.out_dir("ranking")
