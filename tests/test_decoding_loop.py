@@ -93,7 +93,7 @@ def test_freed_rows_are_refilled_and_padding_every_row_shares_is_cut(model, tiny
     config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts))
     answers, shapes = decoded(model, tiny_tokenizer, prompts, config, batch_size=2)
     prefills = [rows for rows, new, _ in shapes if new > 1]
-    assert len(prefills) >= 3 and sum(prefills) == len(prompts)  # prompts joined as rows freed up
+    assert prefills == [2, 2, 2, 1]  # a batch at a time, joining as rows freed up
     assert all(rows <= 2 for rows, _, _ in shapes)
     # after the longest prompt's row has left, no forward is as wide as it was
     longest = max(len(p.ids) for p in prompts)
@@ -102,13 +102,16 @@ def test_freed_rows_are_refilled_and_padding_every_row_shares_is_cut(model, tiny
     assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
 
 
-def test_prompts_join_once_a_quarter_of_the_rows_are_free(model, tiny_tokenizer):
+def test_prompts_are_prefilled_a_batch_at_a_time_and_refill_each_freed_row(model, tiny_tokenizer):
     prompts = [encode_prompt(text, TagTemplate(), tiny_tokenizer, "auto") for text in TEXTS * 3]
     config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts[:len(TEXTS)]))
     answers, shapes = decoded(model, tiny_tokenizer, prompts, config, batch_size=8)
-    joined = [rows for rows, new, _ in shapes if new > 1]
-    assert joined[0] == 8 and len(joined) > 2 and sum(joined) == len(prompts)
-    assert all(rows >= 2 for rows in joined[1:-1])  # the last join may take the one prompt left
+    assert [rows for rows, new, _ in shapes if new > 1] == [8, 8, 5]
+    # while prompts wait, a row freed in one step is taken by a prefilled prompt in the next
+    last_prefill = max(i for i, (_, new, _) in enumerate(shapes) if new > 1)
+    decoding = [rows for rows, new, _ in shapes[:last_prefill] if new == 1]
+    refilled = [(before, after) for before, after in zip(decoding, decoding[1:]) if before < 8]
+    assert refilled and all(after == 8 for _, after in refilled)
     assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
 
 
