@@ -7,7 +7,8 @@
 (c) rt_lab without rules.
 Prints generated tokens/s for each, (b)/(a) speed-up, and how many prompts (a) and (b) answer identically (same
 rules, same greedy decoding). Rules change answers' lengths, so the head's own cost is measured separately: (b)
-and (c) again with every row decoding exactly max_new_tokens.
+and (c) again with every row decoding exactly max_new_tokens. With `--repeats N` every variant runs N times, in
+rounds of one run of each, and its fastest run counts.
 
     python benchmarks/generation_throughput.py --data-dir ../shared/data --batch-size 8 16 --repeats 3
 """
@@ -18,7 +19,9 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -72,20 +75,30 @@ def batched(model, tokenizer, prompts: list[EncodedPrompt], rules, config, batch
     return in_prompt_order(((order[rank], text) for rank, text in answers), len(prompts))
 
 
-def timed(label: str, func, tokenizer, repeats: int) -> tuple[list[str], float]:
-    """Runs `func` `repeats` times; its answers, and the tokens/s of the fastest run (every run decodes the same
-    tokens: greedy). The fastest run is the one least disturbed by other work on a shared machine."""
-    speeds = []
-    for _ in range(repeats):
+@dataclass
+class Variant:
+    label: str
+    run: Callable[[], list[str]]
+    texts: list[str] = field(default_factory=list)
+    tokens: int = 0
+    speeds: list[float] = field(default_factory=list)  # tokens/s of each run
+
+    def time(self, tokenizer) -> None:
         started = time.perf_counter()
-        texts = func()
+        self.texts = self.run()
         seconds = time.perf_counter() - started
-        tokens = count_generated(tokenizer, texts)
-        speeds.append(tokens / seconds)
-    runs = f"  (runs: {', '.join(f'{speed:.1f}' for speed in speeds)})" if repeats > 1 else ""
-    print(f"  {label:<32} {tokens:>6} tokens  {tokens / max(speeds):8.1f} s  {max(speeds):8.1f} tok/s{runs}",
-          flush=True)
-    return texts, max(speeds)
+        self.tokens = count_generated(tokenizer, self.texts)  # the same every run: greedy
+        self.speeds.append(self.tokens / seconds)
+
+    @property
+    def best(self) -> float:
+        """tokens/s of the fastest run: the one least disturbed by other work on a shared machine."""
+        return max(self.speeds)
+
+    def line(self) -> str:
+        runs = f"  (runs: {', '.join(f'{speed:.1f}' for speed in self.speeds)})" if len(self.speeds) > 1 else ""
+        seconds = self.tokens / self.best
+        return f"  {self.label:<32} {self.tokens:>6} tokens  {seconds:8.1f} s  {self.best:8.1f} tok/s{runs}"
 
 
 def main() -> None:
@@ -97,7 +110,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[16],
                         help="one or more batch sizes; (a) runs once for all of them")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="time every variant this many times and keep its fastest run")
+                        help="time every variant this many times, in rounds of one run of each (so a slow spell of "
+                             "the machine falls on all of them), and keep each one's fastest run")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -115,25 +129,36 @@ def main() -> None:
     fixed = generation_config(OmegaConf.merge(cfg.generation, {"min_new_tokens": args.max_new_tokens}), tokenizer)
     print(f"model={args.model} prompts={len(prompts)} (AlpacaEval) max_new_tokens={args.max_new_tokens} "
           f"device=cpu threads={torch.get_num_threads()} rules={list(cfg.rules.enabled)} "
-          f"fastest of {args.repeats} run(s) each")
-    texts_a, tps_a = timed("(a) original: batch 1, no cache", lambda: original(model, tokenizer, prompts, rules,
-                                                                                args.max_new_tokens), tokenizer,
-                           args.repeats)
-    for batch_size in args.batch_size:
+          f"fastest of {args.repeats} run(s) each", flush=True)
+
+    def batched_run(generation_config, with_rules, batch_size):
+        return lambda: batched(model, tokenizer, prompts, rules if with_rules else [], generation_config, batch_size)
+
+    original_run = Variant("(a) original: batch 1, no cache",
+                           lambda: original(model, tokenizer, prompts, rules, args.max_new_tokens))
+    per_batch = {batch_size: {
+        "b": Variant("(b) rt_lab with rules", batched_run(config, True, batch_size)),
+        "c": Variant("(c) rt_lab without rules", batched_run(config, False, batch_size)),
+        "fixed_b": Variant("(b) with rules, fixed length", batched_run(fixed, True, batch_size)),
+        "fixed_c": Variant("(c) without rules, fixed length", batched_run(fixed, False, batch_size)),
+    } for batch_size in args.batch_size}
+    variants = [original_run, *(v for group in per_batch.values() for v in group.values())]
+    for round_ in range(1, args.repeats + 1):
+        for variant in variants:
+            variant.time(tokenizer)
+            print(f"  round {round_}/{args.repeats}: {variant.label} {variant.speeds[-1]:.1f} tok/s", flush=True)
+
+    print(original_run.line())
+    for batch_size, group in per_batch.items():
         print(f"batch {batch_size}:")
-
-        def run(generation_config, with_rules):
-            return lambda: batched(model, tokenizer, prompts, rules if with_rules else [], generation_config,
-                                   batch_size)
-
-        texts_b, tps_b = timed("(b) rt_lab with rules", run(config, True), tokenizer, args.repeats)
-        _, tps_c = timed("(c) rt_lab without rules", run(config, False), tokenizer, args.repeats)
-        _, fixed_b = timed("(b) with rules, fixed length", run(fixed, True), tokenizer, args.repeats)
-        _, fixed_c = timed("(c) without rules, fixed length", run(fixed, False), tokenizer, args.repeats)
-        same = sum(a == b for a, b in zip(texts_a, texts_b))
-        print(f"  speed-up (b)/(a): {tps_b / tps_a:.1f}x   identical answers (a) vs (b): {same}/{len(prompts)}\n"
-              f"  rule-head overhead at equal decoding steps (c)/(b): {fixed_c / fixed_b:.3f}   "
-              f"(free-running tokens/s (c)/(b): {tps_c / tps_b:.3f}, answers differ in length)")
+        for variant in group.values():
+            print(variant.line())
+        same = sum(a == b for a, b in zip(original_run.texts, group["b"].texts))
+        print(f"  speed-up (b)/(a): {group['b'].best / original_run.best:.1f}x   identical answers (a) vs (b): "
+              f"{same}/{len(prompts)}\n"
+              f"  rule-head overhead at equal decoding steps (c)/(b): "
+              f"{group['fixed_c'].best / group['fixed_b'].best:.3f}   (free-running tokens/s (c)/(b): "
+              f"{group['c'].best / group['b'].best:.3f}, answers differ in length)")
 
 
 if __name__ == "__main__":

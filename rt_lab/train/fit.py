@@ -36,8 +36,8 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
     trim = TrimLogsOnResume()
     # Under SLURM, submitit owns the requeue signal; Lightning's own auto-requeue would fight it.
     plugins = [StagedCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])]
-    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir), callbacks=[checkpoint, guard, trim, *callbacks],
-                       logger=list(loggers) or False, plugins=plugins)
+    return instantiate(cfg.trainer.lightning, default_root_dir=str(run_dir),
+                       callbacks=[checkpoint, guard, trim, *callbacks], logger=list(loggers) or False, plugins=plugins)
 
 
 def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionDataModule:
