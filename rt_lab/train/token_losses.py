@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.utils.generic import is_flash_attention_requested
 
 from rt_lab.data.masking import IGNORE
 
@@ -110,7 +109,7 @@ def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     mask = batch.get("attention_mask")
     if mask is None:
         return inputs
-    if is_flash_attention_requested(model.config):
+    if "flash" in str(model.config._attn_implementation):  # flash_attention_2/3/4 and the kernels' builds
         inputs["attention_mask"] = mask
     elif (mask[:, 1:] > mask[:, :-1]).any():
         raise ValueError("the loss takes right-padded rows (each row's real tokens first); this batch's attention "
