@@ -78,14 +78,15 @@ def pad_left(tensor: torch.Tensor, columns: int, dim: int, value: int = 0) -> to
 
 @dataclass
 class Rows:
-    """The rows being decoded: left-padded token ids and attention mask of one width, with the KV cache of
-    every column but the newest."""
+    """The rows being decoded: left-padded token ids and attention mask of one width, the KV cache of every
+    column but the newest, and the logits the next token is chosen from."""
 
     prompt: torch.Tensor  # (B,) each row's index in the prompt list
     ids: torch.Tensor  # (B, W)
     attention: torch.Tensor  # (B, W)
     position: torch.Tensor  # (B,) position of each row's newest token
     generated: torch.Tensor  # (B,) new tokens so far
+    logits: torch.Tensor  # (B, V) next-token logits
     cache: DynamicCache
 
     def __len__(self) -> int:
@@ -100,17 +101,20 @@ class Rows:
             setattr(self, name, getattr(self, name)[rows])
         self.cache.batch_select_indices(rows)
 
-    def take(self, count: int) -> Rows:
-        """Remove the first `count` rows (all when fewer) and return them; each part loses the padding columns only
-        the other needed."""
+    def split(self, count: int) -> tuple[Rows, Rows | None]:
+        """(the first `count` rows, the others or None); each part loses the padding columns only the other
+        needed. Each part's cache holds copies of its own rows' slices only (`keep` re-indexes a layer's tensors
+        rather than writing into them), so the two parts share no tensor."""
         if count >= len(self):
-            return self
-        taken = copy.deepcopy(self)
-        taken.keep(torch.arange(count, device=self.prompt.device))
+            return self, None
+        first = copy.copy(self)
+        first.cache = copy.copy(self.cache)
+        first.cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        first.keep(torch.arange(count, device=self.prompt.device))
         self.keep(torch.arange(count, len(self), device=self.prompt.device))
-        taken.cut_common_padding()
+        first.cut_common_padding()
         self.cut_common_padding()
-        return taken
+        return first, self
 
     def cut_common_padding(self) -> None:
         """Drop leading columns that are padding in every row (the rows that needed them have left)."""
@@ -141,16 +145,14 @@ def joinable(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
-def prefill(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor,
-            pad_id: int) -> tuple[Rows, torch.Tensor]:
-    """New rows for these prompts, and the logits of each prompt's last position."""
+def prefill(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int) -> Rows:
+    """New rows for these prompts, holding the logits of each prompt's last position."""
     ids, attention = left_padded(prompts, pad_id, indices.device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
-    rows = Rows(indices, ids, attention, positions[:, -1], torch.zeros_like(indices), cache)
-    return rows, logits
+    return Rows(indices, ids, attention, positions[:, -1], torch.zeros_like(indices), logits, cache)
 
 
 @torch.inference_mode()
@@ -171,9 +173,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     refills = joinable(model)
     head: RowRuleHead | None = None
     rows: Rows | None = None
-    logits = torch.empty(0)
     ready: Rows | None = None  # prefilled prompts waiting for a free row
-    ready_logits = torch.empty(0)
     waiting = 0  # the next prompt to prefill
     while True:
         room = batch_size - (len(rows) if rows is not None else 0)
@@ -181,23 +181,21 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
             if ready is None and waiting < len(prompts):
                 joining = range(waiting, min(len(prompts), waiting + batch_size))
                 waiting = joining.stop
-                ready, ready_logits = prefill(model, [prompts[i] for i in joining],
-                                              torch.arange(joining.start, joining.stop, device=device), pad_id)
+                ready = prefill(model, [prompts[i] for i in joining],
+                                torch.arange(joining.start, joining.stop, device=device), pad_id)
             if ready is not None:
-                new, new_logits = ready.take(room), ready_logits[:room]
-                ready, ready_logits = (None, ready_logits[:0]) if new is ready else (ready, ready_logits[room:])
+                new, ready = ready.split(room)
                 if rules:
-                    head = head or RowRuleHead(rules, new_logits.shape[-1], device)
+                    head = head or RowRuleHead(rules, new.logits.shape[-1], device)
                     starts = torch.tensor([instruction_starts[i] for i in new.prompt.tolist()], device=device)
                     head.join(new.ids, new.position + 1, starts)
                 if rows is None:
-                    rows, logits = new, new_logits
+                    rows = new
                 else:
                     rows.join(new, pad_id)
-                    logits = torch.cat([logits, new_logits])
         if rows is None:
             return
-        scores = logits.float()
+        scores = rows.logits.float()
         if min_new_tokens:
             early = (rows.generated < min_new_tokens)[:, None]
             scores[:, eos] = torch.where(early, float("-inf"), scores[:, eos])
@@ -231,5 +229,5 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
             token = token[keep]
             if refills:
                 rows.cut_common_padding()
-        logits = model(input_ids=token[:, None], attention_mask=rows.attention, position_ids=rows.position[:, None],
-                       cache=rows.cache, use_cache=True).logits[:, -1]
+        rows.logits = model(input_ids=token[:, None], attention_mask=rows.attention,
+                            position_ids=rows.position[:, None], cache=rows.cache, use_cache=True).logits[:, -1]
