@@ -102,13 +102,10 @@ def test_the_probe_leaves_the_model_in_training_mode_with_dropout():
     assert model.training
 
 
-def test_right_padded_rows_reach_sdpa_without_a_mask_and_left_padded_ones_are_refused(examples):
+def test_right_padded_rows_reach_sdpa_without_a_mask(examples):
+    """Their losses equal each row's alone: tests/test_loss.py."""
     model = random_model(LlamaConfig)
-    batch = collate_padded(examples, pad_id=0)
-    assert set(model_inputs(model, batch)) == {"input_ids"}
-    left = dict(batch, attention_mask=batch["attention_mask"].flip(1))
-    with pytest.raises(ValueError, match="padding before real tokens"):
-        model_inputs(model, left)
+    assert set(model_inputs(model, collate_padded(examples, pad_id=0))) == {"input_ids"}
 
 
 def test_flash_attention_gets_the_padding_mask_stand_in_config_no_gpu_here(examples):
