@@ -61,11 +61,21 @@ def generate_one(model, tokenizer, prompt, config, rules):
     return row[:row.index(eos) + 1] if eos in row else row
 
 
+def forward_shape(kwargs) -> tuple[int, int, int]:
+    """(rows, new tokens per row, attention width) of one forward of the loop. A prefill is one packed row whose
+    position ids restart at every prompt: counted as its prompts, the longest prompt's length, and that width."""
+    ids, positions = kwargs["input_ids"], kwargs["position_ids"]
+    if ids.shape[1] == 1:
+        return ids.shape[0], 1, kwargs["attention_mask"].shape[1]
+    longest = int(positions.max()) + 1
+    return int((positions == 0).sum()), longest, longest
+
+
 def decoded(model, tokenizer, prompts, config, batch_size, rules=()):
     """The loop's answers in prompt order, with the (rows, new tokens, attention width) of every forward it ran."""
     shapes = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(
-        (*kwargs["input_ids"].shape, kwargs["attention_mask"].shape[1])), with_kwargs=True)
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(forward_shape(kwargs)),
+                                           with_kwargs=True)
     try:
         answers = dict(decode(model, [p.ids for p in prompts], config, batch_size, tokenizer.pad_token_id, rules,
                               [p.instruction_start for p in prompts]))
@@ -113,6 +123,27 @@ def test_prompts_are_prefilled_a_batch_at_a_time_and_refill_each_freed_row(model
     refilled = [(before, after) for before, after in zip(decoding, decoding[1:]) if before < 8]
     assert refilled and all(after == 8 for _, after in refilled)
     assert answers == [generate_one(model, tiny_tokenizer, p, config, []) for p in prompts]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_prompts_are_prefilled_packed_with_no_padding_and_answer_as_alone(tiny_path, tiny_tokenizer, prompts,
+                                                                         attention):
+    """A prefill runs its prompts as one row, attention kept inside each prompt by the model's own mask (built for
+    the attention implementation at hand), and its cache is laid out as left-padded rows that decode on."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32, attn_implementation=attention).eval()
+    config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts))
+    tokens = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: tokens.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        answers = dict(decode(model, [p.ids for p in prompts], config, 3, tiny_tokenizer.pad_token_id))
+    finally:
+        hook.remove()
+    prefills = [shape[1] for shape in tokens if shape[1] > 1]
+    assert all(shape[0] == 1 for shape in tokens if shape[1] > 1)
+    assert prefills == [sum(len(p.ids) for p in group) for group in (prompts[:3], prompts[3:6], prompts[6:])]
+    assert [answers[i] for i in range(len(prompts))] == [generate_one(model, tiny_tokenizer, p, config, [])
+                                                         for p in prompts]
 
 
 def config_with_eos_id(eos: int, max_new_tokens: int):
