@@ -54,7 +54,7 @@ class Spy(Rule):
 
 
 def fed_tokens(model):
-    """The token ids each forward pass of `model` is fed (the whole padded prompt, then one new column a step)."""
+    """The token ids each forward pass of `model` is fed (the packed prompts, then one new column a step)."""
     fed = []
     model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(kwargs["input_ids"].clone()),
                                     with_kwargs=True)
@@ -65,6 +65,7 @@ def test_per_row_state_in_a_ragged_left_padded_kv_cached_batch(tiny_path, tiny_t
     from transformers import AutoModelForCausalLM
 
     from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
+    from rt_lab.generate.loop import left_padded
     from rt_lab.data.templates import TagTemplate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
@@ -77,9 +78,11 @@ def test_per_row_state_in_a_ragged_left_padded_kv_cached_batch(tiny_path, tiny_t
     generate_batch(model, tiny_tokenizer, prompts, config, [spy])
     width = max(len(p.ids) for p in prompts)
     assert [c[0].tolist() for c in spy.calls] == [[t] * 3 for t in range(len(spy.calls))]
-    assert len(fed) == len(spy.calls) and fed[0].shape[1] == width
+    # the prefill is fed packed; the head sees each row left-padded to the widest prompt
+    assert len(fed) == len(spy.calls) and fed[0].tolist() == [sum((p.ids for p in prompts), [])]
+    padded, _ = left_padded([p.ids for p in prompts], tiny_tokenizer.pad_token_id)
     for call, (generated, since_user_tag, response) in enumerate(spy.calls):
-        input_ids = torch.cat(fed[:call + 1], dim=1)  # what the head saw at this step
+        input_ids = torch.cat([padded, *fed[1:call + 1]], dim=1)  # what the head saw at this step
         for row, prompt in enumerate(prompts):
             instruction_start = width - len(prompt.ids) + prompt.instruction_start
             assert set(since_user_tag[row].nonzero().flatten().tolist()) == set(input_ids[row, instruction_start:].tolist())
