@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Training throughput and peak memory: rt_lab (unpacked or packed, fused or unfused loss) against TRL's
-SFTTrainer with completion-only loss.
+"""Training throughput and peak memory: rt_lab (unpacked or packed, fused or unfused loss, activations kept or
+recomputed) against TRL's SFTTrainer with completion-only loss.
 
 All train the same model on the same single-turn rows (`--data sample`: the shipped sample set, all under 256
 tokens, repeated to `--rows`; `--data lima`: the first `--rows` single-turn LIMA conversations from
-`--data-dir`, long real rows where the vocabulary logits dominate memory), with
-the same AdamW (lr 1e-4, wd 0, constant schedule), grad-norm clip 1.0, max length, no gradient checkpointing and a
-full fine-tune. Each configuration runs in its own subprocess (this script re-invoked with `--worker`), so peak
-memory is that configuration's alone:
+`--data-dir`, long real rows where the vocabulary logits dominate memory), with the same AdamW (lr 1e-4, wd 0,
+constant schedule), grad-norm clip 1.0, max length and a full fine-tune. None recomputes activations (gradient
+checkpointing) except `rt_lab (recomputed)`, which shows what that trades. Each configuration runs in its own
+subprocess (this script re-invoked with `--worker`), so peak memory is that configuration's alone:
 
 * CPU: peak RSS during training minus RSS just before training starts (the high-water mark is reset through
   /proc/self/clear_refs where Linux allows it, otherwise ru_maxrss is used as is).
@@ -53,6 +53,8 @@ FRAMEWORKS = {  # worker name -> table label, in the order they run and are prin
     "rt_lab_packed": "rt_lab (packed)",
     "rt_lab_unfused": "rt_lab (unfused loss)",  # trainer.fused_loss=false: what the fused LM head + CE saves
     "rt_lab_packed_unfused": "rt_lab (packed, unfused)",  # packing as trainer=cpu runs it
+    # trainer.gradient_checkpointing=true: each decoder layer's activations recomputed in the backward, for memory
+    "rt_lab_checkpointed": "rt_lab (recomputed)",
 }
 TOLERANCE = 0.02  # supervised-token counts of the frameworks may differ by this fraction before we warn
 
@@ -61,7 +63,7 @@ TOLERANCE = 0.02  # supervised-token counts of the frameworks may differ by this
 
 
 def compose(args: argparse.Namespace, rows_file: str | None = None, packing: bool = False,
-            fused_loss: bool = True) -> Any:
+            fused_loss: bool = True, checkpointing: bool = False) -> Any:
     """The real rt_lab config for this benchmark (IT method, full fine-tune, tag template, no logger)."""
     import rt_lab  # noqa: F401  (registers the OmegaConf resolvers the config uses)
     from hydra import compose as hydra_compose
@@ -74,7 +76,7 @@ def compose(args: argparse.Namespace, rows_file: str | None = None, packing: boo
         "trainer.optimizer.lr=1e-4", "trainer.optimizer.weight_decay=0.0", "trainer.max_grad_norm=1.0",
         "trainer.schedule.name=constant", "trainer.schedule.warmup_ratio=0.0",
         f"data.batch_size={args.batch_size}", f"data.micro_batch_size={args.micro_batch_size}",
-        "trainer.gradient_checkpointing=false", f"trainer.seed={args.seed}",
+        f"trainer.gradient_checkpointing={str(checkpointing).lower()}", f"trainer.seed={args.seed}",
         f"data.max_length={args.max_length}", f"data.packing={str(packing).lower()}",
         f"trainer.fused_loss={str(fused_loss).lower()}",
     ]
@@ -184,7 +186,7 @@ class StepClock:
 # ---------------------------------------------------------------------------------------------------------- workers
 
 
-def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool) -> dict[str, Any]:
+def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool, checkpointing: bool) -> dict[str, Any]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -193,7 +195,7 @@ def worker_rt_lab(args: argparse.Namespace, packing: bool, fused_loss: bool) -> 
     from rt_lab.models import load_model, load_tokenizer, resolve_path
     from rt_lab.train.fit import build_datamodule, build_module, trainable
 
-    cfg = compose(args, args.rows_file, packing=packing, fused_loss=fused_loss)
+    cfg = compose(args, args.rows_file, packing=packing, fused_loss=fused_loss, checkpointing=checkpointing)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     path = resolve_path(cfg.model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.model, path)
@@ -329,7 +331,8 @@ def run_worker(args: argparse.Namespace) -> None:
         result = worker_trl(args)
     else:
         result = worker_rt_lab(args, packing=args.worker.startswith("rt_lab_packed"),
-                               fused_loss=not args.worker.endswith("unfused"))
+                               fused_loss=not args.worker.endswith("unfused"),
+                               checkpointing=args.worker == "rt_lab_checkpointed")
     Path(args.result_file).write_text(json.dumps(result))
 
 
