@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM, Gemma2Config
+from transformers import AutoModelForCausalLM, DeepseekV3Config, Gemma2Config
 
 from rt_lab.data.templates import TagTemplate
 from rt_lab.generate.decode import encode_prompt, generation_config
-from rt_lab.generate.loop import decode, left_padded
+from rt_lab.generate.loop import decode, left_padded, prefill_packed, prefill_padded
 from rt_lab.generate.rule_head import RuleHead
 from rt_lab.generate.rules import build_rules
 
@@ -65,7 +65,7 @@ def forward_shape(kwargs) -> tuple[int, int, int]:
     """(rows, new tokens per row, attention width) of one forward of the loop. A prefill is one packed row whose
     position ids restart at every prompt: counted as its prompts, the longest prompt's length, and that width."""
     ids, positions = kwargs["input_ids"], kwargs["position_ids"]
-    if ids.shape[1] == 1:
+    if not (positions == 0).any():  # a decoding step: every row's newest token comes after its prompt
         return ids.shape[0], 1, kwargs["attention_mask"].shape[1]
     longest = int(positions.max()) + 1
     return int((positions == 0).sum()), longest, longest
@@ -126,24 +126,65 @@ def test_prompts_are_prefilled_a_batch_at_a_time_and_refill_each_freed_row(model
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_prompts_are_prefilled_packed_with_no_padding_and_answer_as_alone(tiny_path, tiny_tokenizer, prompts,
-                                                                         attention):
-    """A prefill runs its prompts as one row, attention kept inside each prompt by the model's own mask (built for
-    the attention implementation at hand), and its cache is laid out as left-padded rows that decode on."""
+def test_sdpa_prefills_packed_with_no_padding_eager_left_padded_and_both_answer_as_alone(
+        tiny_path, tiny_tokenizer, prompts, attention):
+    """sdpa attends per packed prompt (`sdpa_segments`), so its prefill is one row of exactly the prompts' tokens;
+    eager would pay for a block mask over the whole row, so it prefills left-padded."""
     model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32, attn_implementation=attention).eval()
     config = config_with_eos(tiny_tokenizer, ragged_eos(model, tiny_tokenizer, prompts))
-    tokens = []
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: tokens.append(kwargs["input_ids"].shape),
+    fed = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape),
                                            with_kwargs=True)
     try:
         answers = dict(decode(model, [p.ids for p in prompts], config, 3, tiny_tokenizer.pad_token_id))
     finally:
         hook.remove()
-    prefills = [shape[1] for shape in tokens if shape[1] > 1]
-    assert all(shape[0] == 1 for shape in tokens if shape[1] > 1)
-    assert prefills == [sum(len(p.ids) for p in group) for group in (prompts[:3], prompts[3:6], prompts[6:])]
+    groups = (prompts[:3], prompts[3:6], prompts[6:])
+    prefills = [tuple(shape) for shape in fed if shape[1] > 1]
+    if attention == "sdpa":
+        assert prefills == [(1, sum(len(p.ids) for p in group)) for group in groups]
+    else:
+        assert prefills == [(len(group), max(len(p.ids) for p in group)) for group in groups]
+    assert model.config._attn_implementation == attention
     assert [answers[i] for i in range(len(prompts))] == [generate_one(model, tiny_tokenizer, p, config, [])
                                                          for p in prompts]
+
+
+def assert_packed_prefill_equals_padded(model, prompts):
+    indices = torch.arange(len(prompts))
+    with torch.inference_mode():
+        packed = prefill_packed(model, prompts, indices, pad_id=0)
+        padded = prefill_padded(model, prompts, indices, pad_id=0)
+    assert model.config._attn_implementation == "sdpa"
+    for name in ("ids", "attention", "position"):
+        assert torch.equal(getattr(packed, name), getattr(padded, name))
+    torch.testing.assert_close(packed.logits, padded.logits)
+    real = padded.attention.bool()
+    for mine, theirs in zip(packed.cache.layers, padded.cache.layers):
+        for name in ("keys", "values"):
+            ours, reference = getattr(mine, name), getattr(theirs, name)
+            assert ours.shape == reference.shape and torch.isfinite(ours).all()
+            torch.testing.assert_close(ours.transpose(1, 2)[real], reference.transpose(1, 2)[real])
+
+
+@pytest.mark.parametrize("lengths", [(1, 1, 3), (4,), (1,), (6, 2, 5, 1)])
+def test_a_packed_prefill_gives_the_padded_prefills_logits_and_cache(model, lengths):
+    """Prompts of one token, a prompt alone, and groups of ragged prompts: every real column of the packed
+    prefill's cache, laid out left-padded, equals the padded prefill's, and so do the last positions' logits."""
+    generator = torch.Generator().manual_seed(sum(lengths))
+    assert_packed_prefill_equals_padded(
+        model, [torch.randint(3, 200, (length,), generator=generator).tolist() for length in lengths])
+
+
+def test_a_packed_prefill_lays_out_latent_caches_whose_keys_and_values_differ_in_width():
+    """Multi-head latent attention (DeepSeek-V3, random weights) caches keys and values of different widths."""
+    torch.manual_seed(0)
+    deepseek = AutoModelForCausalLM.from_config(DeepseekV3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, q_lora_rank=16, kv_lora_rank=8, qk_rope_head_dim=4,
+        qk_nope_head_dim=8, v_head_dim=6, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+        first_k_dense_replace=1, n_group=1, topk_group=1), dtype=torch.float32).eval()
+    assert_packed_prefill_equals_padded(deepseek, [[5, 6, 7], [8], [9, 10, 11, 12, 13]])
 
 
 def config_with_eos_id(eos: int, max_new_tokens: int):

@@ -8,7 +8,8 @@ place, so every step runs on `batch_size` live rows while prompts wait. Prompts 
 time, once the previous ones have all joined: a prefill reads every weight however few prompts it holds, so one
 prefill per freed row would cost more than it saves (SmolLM2 on a CPU, 32 prompts at batch 8: 4 prefills and 175
 decoding steps, against 12 and 182 when waiting prompts were prefilled as a quarter of the rows came free; 10%
-faster). A prefill packs its prompts into one row, so padding costs it nothing (`prefill`). The prefilled
+faster). Where attention can keep packed sequences apart at each one's own cost (flash attention, sdpa), a
+prefill packs its prompts into one row, so none of its compute goes to padding (`prefill_packed`). The prefilled
 prompts' caches wait beside the batch's, at most `batch_size` rows more. Rows are left-padded to one width;
 a joining row pads whichever side is narrower, and columns that have become padding in every row are cut.
 Positions are each row's own (a prompt's first token is position 0), so padding never moves a row's tokens.
@@ -31,10 +32,10 @@ import torch
 from transformers import (DynamicCache, GenerationConfig, LogitsProcessorList, StopStringCriteria,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from transformers.cache_utils import DynamicLayer
-from transformers.masking_utils import create_causal_mask
 
 from rt_lab.generate.rule_head import RowRuleHead
 from rt_lab.generate.rules import Rule
+from rt_lab.train.segment_attention import attends_per_sequence, per_sequence
 
 
 def eos_ids(config: GenerationConfig) -> list[int]:
@@ -146,47 +147,46 @@ def joinable(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
-def prefill(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int, packed: bool) -> Rows:
-    """New rows for these prompts, holding the logits of each prompt's last position. `packed` (a `joinable`
-    model's cache): the prompts run as one row whose position ids restart at each prompt, so no compute goes to
-    padding (SmolLM2's first prefill of 16 AlpacaEval prompts: 593 tokens instead of 1,024 padded), and the cache is
-    then laid out as left-padded rows. Otherwise (sliding-window or other cache layers, which keep only part of
-    a row) the prompts run left-padded."""
+def prefill_padded(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int) -> Rows:
+    """New rows for these prompts, run left-padded to the longest, holding the logits of each prompt's last
+    position."""
     ids, attention = left_padded(prompts, pad_id, indices.device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    lengths = attention.sum(dim=1)
-    if not packed:
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
-        return Rows(indices, ids, attention, lengths - 1, torch.zeros_like(indices), logits, cache)
-    flat = ids[attention.bool()][None]
-    positions = torch.cat([torch.arange(length, device=ids.device) for length in lengths.tolist()])[None]
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    return Rows(indices, ids, attention, positions[:, -1], torch.zeros_like(indices), logits, cache)
+
+
+def prefill_packed(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int) -> Rows:
+    """`prefill_padded`'s rows, computed as one row whose position ids restart at each prompt: no compute goes to
+    padding (SmolLM2's first prefill of 16 AlpacaEval prompts: 593 tokens instead of 1,024), and attention stays
+    inside each prompt at that prompt's own cost (`segment_attention.per_sequence`; the model's own block mask
+    would cost the square of the whole row). The cache is then laid out as the left-padded rows."""
+    device = indices.device
+    ids, attention = left_padded(prompts, pad_id, device)
+    lengths = torch.tensor([len(prompt) for prompt in prompts], device=device)
     ends = lengths.cumsum(0) - 1
-    logits = model(input_ids=flat, attention_mask=packed_mask(model, positions), position_ids=positions,
-                   cache=cache, use_cache=True, logits_to_keep=ends).logits[0]
+    positions = torch.arange(sum(len(prompt) for prompt in prompts), device=device)
+    positions = (positions - (ends - lengths + 1).repeat_interleave(lengths))[None]
+    cache = DynamicCache(config=model.config)
+    with per_sequence(model):
+        logits = model(input_ids=ids[attention.bool()][None], position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=ends).logits[0]
     unpack_cache(cache, ends, ids.shape[1])
     return Rows(indices, ids, attention, lengths - 1, torch.zeros_like(indices), logits, cache)
 
 
-def packed_mask(model: Any, positions: torch.Tensor) -> Any:
-    """The model's own attention mask for a packed row (attention inside each prompt, from the position ids'
-    restarts). transformers builds it only when no cache is passed, so it is built here and handed over ready:
-    a 4D mask for sdpa/eager, a BlockMask for flex, None for flash attention (whose varlen kernels read the
-    position ids themselves)."""
-    stand_in = torch.empty((1, positions.shape[1], 0), dtype=model.dtype, device=positions.device)
-    return create_causal_mask(config=model.config, inputs_embeds=stand_in, attention_mask=None, cache=None,
-                              position_ids=positions)
-
-
 def unpack_cache(cache: DynamicCache, ends: torch.Tensor, width: int) -> None:
     """A packed row's cache (1, heads, sum of lengths, dim) as left-padded rows (n, heads, width, dim): row i
-    ends at packed column `ends[i]`. Padding columns hold other prompts' entries, masked out like any padding."""
+    ends at packed column `ends[i]`. Padding columns hold whatever packed columns precede a row (another prompt's
+    entries, or the row's own first one), masked out like any padding. Keys and values may differ in heads and
+    dim (multi-head latent attention caches)."""
     source = (ends[:, None] - torch.arange(width - 1, -1, -1, device=ends.device)).clamp(min=0).flatten()
     for layer in cache.layers:
-        heads, dim = layer.keys.shape[1], layer.keys.shape[3]
         layer.keys, layer.values = (
-            packed[0].index_select(1, source).view(heads, len(ends), width, dim).transpose(0, 1).contiguous()
+            packed[0].index_select(1, source).view(packed.shape[1], len(ends), width, packed.shape[3])
+            .transpose(0, 1).contiguous()
             for packed in (layer.keys, layer.values))
 
 
@@ -206,6 +206,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     min_new_tokens, max_new_tokens = config.min_new_tokens or 0, config.max_new_tokens
     new_tokens = torch.zeros((len(prompts), max_new_tokens), dtype=torch.long, device=device)
     refills = joinable(model)
+    prefill = prefill_packed if refills and attends_per_sequence(model) else prefill_padded
     head: RowRuleHead | None = None
     rows: Rows | None = None
     ready: Rows | None = None  # prefilled prompts waiting for a free row
@@ -217,7 +218,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
                 joining = range(waiting, min(len(prompts), waiting + batch_size))
                 waiting = joining.stop
                 ready = prefill(model, [prompts[i] for i in joining],
-                                torch.arange(joining.start, joining.stop, device=device), pad_id, packed=refills)
+                                torch.arange(joining.start, joining.stop, device=device), pad_id)
             if ready is not None:
                 new, ready = ready.split(room)
                 if rules:

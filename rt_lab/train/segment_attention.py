@@ -6,11 +6,13 @@ A packed row (rt_lab.data.packing) carries its sequence boundaries in its positi
 row's length however short its sequences are. `sdpa_segments` cuts the row at the restarts instead and runs each
 sequence alone with `is_causal`: the same result, at the cost of the sum of the squares. Anything else (a padding
 mask, a KV cache, several rows) goes to transformers' sdpa unchanged. Training switches an sdpa model to it while
-packing (`use_for_packing`) and back when done (`restore`)."""
+packing (`use_for_packing`) and back when done (`restore`); decoding prefills packed prompts inside
+`per_sequence`."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from transformers import AttentionInterface
@@ -44,6 +46,32 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 AttentionInterface.register(NAME, segment_attention)
 AttentionMaskInterface.register(NAME, segment_mask)
+
+
+def uses_flash_attention(model: Any) -> bool:
+    """flash_attention_2/3/4 or a hub kernel of it: varlen kernels that read sequence boundaries from the position
+    ids (packed rows) or from a padding mask."""
+    return "flash" in str(model.config._attn_implementation)
+
+
+def attends_per_sequence(model: Any) -> bool:
+    """Whether a packed row of `model` can attend inside each sequence at that sequence's own cost, with no mask:
+    flash attention's varlen kernels, or sdpa through `sdpa_segments` (`per_sequence`)."""
+    return uses_flash_attention(model) or model.config._attn_implementation in ("sdpa", NAME)
+
+
+@contextmanager
+def per_sequence(model: Any) -> Iterator[None]:
+    """Inside this block an sdpa model attends through `sdpa_segments`; any other implementation stays as it is,
+    and the model leaves the block as it entered it."""
+    switch = model.config._attn_implementation == "sdpa"
+    if switch:
+        model.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation("sdpa")
 
 
 def use_for_packing(model: Any) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rt_lab.data.masking import IGNORE
+from rt_lab.train.segment_attention import uses_flash_attention
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     less memory, the same loss)."""
     inputs = {key: batch[key] for key in ("input_ids", "position_ids") if key in batch}
     # every flash-attention flavour (flash_attention_2/3/4, the kernels' builds) has "flash" in its name
-    if "attention_mask" in batch and "flash" in str(model.config._attn_implementation):
+    if "attention_mask" in batch and uses_flash_attention(model):
         inputs["attention_mask"] = batch["attention_mask"]
     return inputs
 
