@@ -283,7 +283,7 @@ class Meter:
         timed = self.clock.summary()
         return {"input_tokens_per_s": sum(self.inputs[1:]) / timed["timed_step_seconds"],
                 "supervised_tokens_per_s": timed["tok_per_s"], "steps": timed["steps"],
-                "peak_memory_gib": self.memory_result["peak_mem_mb"] / 1024, "losses": self.losses,
+                "peak_memory_gib": self.memory_result["peak_mem_mib"] / 1024, "losses": self.losses,
                 "memory_kind": self.memory_result["memory_kind"]}
 
 

@@ -131,10 +131,10 @@ class MemoryMeter:
         if self.device == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
-            return {"peak_mem_mb": peak / mib, "before_mb": self.before / mib, "memory_kind": "cuda_max_allocated"}
+            return {"peak_mem_mib": peak / mib, "before_mib": self.before / mib, "memory_kind": "cuda_max_allocated"}
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        return {"peak_mem_mb": (peak - self.before) / mib, "before_mb": self.before / mib,
-                "peak_abs_mb": peak / mib, "memory_kind": "rss_delta", "memory_note": self.note}
+        return {"peak_mem_mib": (peak - self.before) / mib, "before_mib": self.before / mib,
+                "peak_abs_mib": peak / mib, "memory_kind": "rss_delta", "memory_note": self.note}
 
 
 class StepClock:
@@ -424,7 +424,7 @@ def fastest(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the most supervised tokens/s (the one least disturbed by other work on a shared machine), with
     every run's speed and peak memory beside it."""
     best = dict(max(runs, key=lambda run: run["tok_per_s"]))
-    best["runs"] = [{"tok_per_s": run["tok_per_s"], "peak_mem_mb": run["peak_mem_mb"]} for run in runs]
+    best["runs"] = [{"tok_per_s": run["tok_per_s"], "peak_mem_mib": run["peak_mem_mib"]} for run in runs]
     return best
 
 
@@ -436,7 +436,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
           f"(timed: steps 2..{args.steps}) threads={trl_result['torch_threads']}")
     memory_label = ("peak RSS during training minus RSS before it" if args.device == "cpu"
                     else "torch.cuda.max_memory_allocated during training")
-    print(f"{'framework':<26}{'sup_tok/s':>12}{'wall_tok/s':>12}{'peak_mem_MB':>14}"
+    print(f"{'framework':<26}{'sup_tok/s':>12}{'wall_tok/s':>12}{'peak_mem_MiB':>14}"
           f"{'ratio_vs_trl':>14}{'wall_ratio':>12}{'mem_ratio':>11}")
     for worker, label in FRAMEWORKS.items():
         result = results.get(worker)
@@ -444,18 +444,18 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
             continue
         ratio = result["tok_per_s"] / trl_result["tok_per_s"]
         wall_ratio = result["wall_tok_per_s"] / trl_result["wall_tok_per_s"]
-        trl_memory = trl_result["peak_mem_mb"]
-        mem_ratio = result["peak_mem_mb"] / trl_memory if trl_memory > 0 else float("nan")
+        trl_memory = trl_result["peak_mem_mib"]
+        mem_ratio = result["peak_mem_mib"] / trl_memory if trl_memory > 0 else float("nan")
         first = worker == "trl"
         print(f"{label:<26}{result['tok_per_s']:>12.1f}{result['wall_tok_per_s']:>12.1f}"
-              f"{result['peak_mem_mb']:>14.1f}{'' if first else f'{ratio:.2f}x':>14}"
+              f"{result['peak_mem_mib']:>14.1f}{'' if first else f'{ratio:.2f}x':>14}"
               f"{'' if first else f'{wall_ratio:.2f}x':>12}{'' if first else f'{mem_ratio:.2f}x':>11}")
     if len(trl_result["runs"]) > 1:
-        print(f"fastest of {len(trl_result['runs'])} runs each; every run's sup_tok/s (peak_mem_MB): " + "; ".join(
-            f"{FRAMEWORKS[w]} " + ", ".join(f"{run['tok_per_s']:.1f} ({run['peak_mem_mb']:.0f})" for run in r["runs"])
+        print(f"fastest of {len(trl_result['runs'])} runs each; every run's sup_tok/s (peak_mem_MiB): " + "; ".join(
+            f"{FRAMEWORKS[w]} " + ", ".join(f"{run['tok_per_s']:.1f} ({run['peak_mem_mib']:.0f})" for run in r["runs"])
             for w, r in results.items()))
     print(f"sup_tok/s = supervised tokens (response + EOS) per second of step time; wall_tok/s also counts the "
-          f"time between steps (collation, logging); peak_mem_MB = {memory_label}")
+          f"time between steps (collation, logging); peak_mem_MiB = {memory_label}")
     print("supervised tokens counted per optimizer step from the micro-batches each step trained on")
     print("timed supervised tokens: " + ", ".join(f"{FRAMEWORKS[w]}={r['timed_tokens']}" for w, r in results.items()))
     counts = {worker: result["supervised_per_epoch"] for worker, result in results.items()}
