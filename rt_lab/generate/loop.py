@@ -147,11 +147,16 @@ def joinable(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
+def prompt_positions(attention: torch.Tensor) -> torch.Tensor:
+    """Each column's position in its left-padded row's prompt (padding columns: 0)."""
+    return (attention.cumsum(-1) - 1).clamp(min=0)
+
+
 def prefill_padded(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int) -> Rows:
     """New rows for these prompts, run left-padded to the longest, holding the logits of each prompt's last
     position."""
     ids, attention = left_padded(prompts, pad_id, indices.device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    positions = prompt_positions(attention)
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
@@ -159,22 +164,21 @@ def prefill_padded(model: Any, prompts: Sequence[Sequence[int]], indices: torch.
 
 
 def prefill_packed(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int) -> Rows:
-    """`prefill_padded`'s rows, computed as one row whose position ids restart at each prompt: no compute goes to
-    padding (SmolLM2's first prefill of 16 AlpacaEval prompts: 593 tokens instead of 1,024), and attention stays
-    inside each prompt at that prompt's own cost (`segment_attention.per_sequence`; the model's own block mask
-    would cost the square of the whole row). The cache is then laid out as the left-padded rows."""
-    device = indices.device
-    ids, attention = left_padded(prompts, pad_id, device)
-    lengths = torch.tensor([len(prompt) for prompt in prompts], device=device)
-    ends = lengths.cumsum(0) - 1
-    positions = torch.arange(sum(len(prompt) for prompt in prompts), device=device)
-    positions = (positions - (ends - lengths + 1).repeat_interleave(lengths))[None]
+    """`prefill_padded`'s rows, computed as one row of the padded rows' real columns, whose position ids restart
+    at each prompt: no compute goes to padding (SmolLM2's first prefill of 16 AlpacaEval prompts: 593 tokens
+    instead of 1,024), and attention stays inside each prompt at that prompt's own cost
+    (`segment_attention.per_sequence`; the model's own block mask would cost the square of the whole row). The
+    cache is then laid out as the left-padded rows."""
+    ids, attention = left_padded(prompts, pad_id, indices.device)
+    positions = prompt_positions(attention)
+    real = attention.bool()
+    ends = attention.sum(dim=1).cumsum(0) - 1  # each prompt's last column in the packed row
     cache = DynamicCache(config=model.config)
     with per_sequence(model):
-        logits = model(input_ids=ids[attention.bool()][None], position_ids=positions, cache=cache, use_cache=True,
+        logits = model(input_ids=ids[real][None], position_ids=positions[real][None], cache=cache, use_cache=True,
                        logits_to_keep=ends).logits[0]
     unpack_cache(cache, ends, ids.shape[1])
-    return Rows(indices, ids, attention, lengths - 1, torch.zeros_like(indices), logits, cache)
+    return Rows(indices, ids, attention, positions[:, -1], torch.zeros_like(indices), logits, cache)
 
 
 def unpack_cache(cache: DynamicCache, ends: torch.Tensor, width: int) -> None:
