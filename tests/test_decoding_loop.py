@@ -62,13 +62,15 @@ def generate_one(model, tokenizer, prompt, config, rules):
 
 
 def forward_shape(kwargs) -> tuple[int, int, int]:
-    """(rows, new tokens per row, attention width) of one forward of the loop. A prefill is one packed row whose
-    position ids restart at every prompt: counted as its prompts, the longest prompt's length, and that width."""
+    """(rows, new tokens per row, attention width) of one forward of the loop. A prefill counts as its prompts, the
+    longest prompt's length, and that width, whether packed (one row whose position ids restart at every prompt)
+    or left-padded."""
     ids, positions = kwargs["input_ids"], kwargs["position_ids"]
     if not (positions == 0).any():  # a decoding step: every row's newest token comes after its prompt
         return ids.shape[0], 1, kwargs["attention_mask"].shape[1]
     longest = int(positions.max()) + 1
-    return int((positions == 0).sum()), longest, longest
+    prompts = int((positions == 0).sum()) if ids.shape[0] == 1 else ids.shape[0]
+    return prompts, longest, longest
 
 
 def decoded(model, tokenizer, prompts, config, batch_size, rules=()):
