@@ -47,8 +47,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 os.environ.setdefault("RT_LAB_ROOT", str(ROOT))
-for variable, value in [("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
-                        ("TOKENIZERS_PARALLELISM", "false")]:
+for variable, value in [("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")]:
     os.environ.setdefault(variable, value)
 
 # Llama shapes (config.json of meta-llama/Llama-3.2-1B and Llama-3.1-8B); the vocabulary keeps its real size
@@ -483,7 +482,7 @@ def section_generation(context: Context, device: dict[str, Any]) -> list[Row]:
 
     from generation_throughput import count_generated
     from rt_lab.data.prompts import load_prompts
-    from rt_lab.generate.parity import answers_by_backend
+    from rt_lab.generate.parity import BackendTiming, answers_by_backend
     from rt_lab.models import load_tokenizer
 
     folder, real = local_model(context)
@@ -494,13 +493,12 @@ def section_generation(context: Context, device: dict[str, Any]) -> list[Row]:
                    "generation.batch_size=16", f"generation.device={'cuda' if context.cuda else 'cpu'}"])
     instructions = [prompt.instruction for prompt in load_prompts(cfg.prompts)]
     skipped = None
-    if not context.cuda:
-        skipped = "vLLM needs a CUDA GPU"
-    elif importlib.util.find_spec("vllm") is None:
-        skipped = "vllm is not installed (pip install \"rt_lab[vllm]\")"
-    seconds: dict[str, float] = {}
-    answers = answers_by_backend(cfg, instructions, ("hf",) if skipped else ("hf", "vllm"), seconds)
+    if importlib.util.find_spec("vllm") is None:
+        skipped = "vllm is not installed (pip install \"rt_lab[vllm]\"; on a CPU: make test-vllm's venv)"
+    timings: dict[str, BackendTiming] = {}
+    answers = answers_by_backend(cfg, instructions, ("hf",) if skipped else ("hf", "vllm"), timings)
     tokenizer = load_tokenizer(cfg.model, str(folder))
+    seconds = {backend: timing.answer_s for backend, timing in timings.items()}
     speed = {backend: count_generated(tokenizer, texts) / seconds[backend] for backend, texts in answers.items()}
     about = f"{len(instructions)} prompts, rule head {list(cfg.rules.enabled)}, greedy"
     warm_up = "; its one batch includes CUDA's warm-up (vLLM's is in its start-up)" if context.cuda else ""

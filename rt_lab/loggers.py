@@ -1,11 +1,10 @@
-"""Experiment loggers. W&B goes offline by itself when no API key is configured, keeps one run id per output
-dir (so a requeued job continues its run), and is finished at the end of every job."""
+"""Experiment loggers. W&B runs in the mode rt_lab.wandb_mode decides (offline without credentials), keeps one run
+id per output dir (so a requeued job continues its run), and is finished at the end of every job."""
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,29 +15,15 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from rt_lab.layout import RunDir
+from rt_lab.wandb_mode import wandb_mode
 
 
-def wandb_credentials_present() -> bool:
-    """Whether wandb itself finds credentials: WANDB_API_KEY, an identity-token file, a .netrc entry for the host
-    WANDB_BASE_URL names (self-hosted servers included) or its settings. Resolved by wandb, with no prompt and no
-    network call."""
-    import wandb
-
-    return bool(wandb.login(prompt=False, verify=False))
-
-
-def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs: Any) -> Any:
-    """A Lightning WandbLogger; `offline=None` means offline exactly when no credentials are present."""
+def wandb_logger(save_dir: str, mode: str = "auto", **kwargs: Any) -> Any:
+    """A Lightning WandbLogger whose run gets the process's W&B mode (rt_lab.wandb_mode) as wandb.init's `mode`."""
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(save_dir=save_dir, offline=wandb_offline(offline),
+    return WandbLogger(save_dir=save_dir, mode=wandb_mode(mode),
                        id=wandb_run_id(RunDir(Path(save_dir)).wandb_run_id), resume="allow", **kwargs)
-
-
-def wandb_offline(offline: bool | None) -> bool:
-    if offline is None:
-        return not wandb_credentials_present() or os.environ.get("WANDB_MODE") == "offline"
-    return offline
 
 
 def wandb_run_id(id_file: Path) -> str:

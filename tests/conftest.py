@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,8 +14,14 @@ from judge_server import KEY_ENV, SECRET, CannedJudgeServer, LengthJudgeServer, 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite runs as a newcomer's machine: no W&B configuration at all (the developer's own key, settings file and
+# .netrc are out of reach), so rt_lab decides the W&B mode itself (rt_lab/wandb_mode.py), as it does for them.
+for _variable in [name for name in os.environ if name.startswith("WANDB_") and name != "WANDB_SILENT"]:
+    del os.environ[_variable]
+_NO_WANDB_CONFIG = tempfile.mkdtemp(prefix="rt_lab-tests-no-wandb-")
+os.environ["WANDB_CONFIG_DIR"] = _NO_WANDB_CONFIG
+os.environ["NETRC"] = os.path.join(_NO_WANDB_CONFIG, ".netrc")
 os.environ["RT_LAB_ROOT"] = str(REPO)
 
 import rt_lab  # noqa: E402,F401  (registers resolvers)

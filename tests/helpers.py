@@ -32,8 +32,7 @@ TINY = ["model=tiny", "logger=none", "dataset.limit=16", "data.batch_size=4", "d
 def run_python(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
     """`python *args` in `cwd` to the end, offline, with run outputs under cwd/outputs; its stdout. A non-zero exit
     fails the test with the end of both streams."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
-               RT_LAB_OUTPUT_DIR=str(cwd / "outputs"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RT_LAB_OUTPUT_DIR=str(cwd / "outputs"))
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]

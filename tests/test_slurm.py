@@ -73,7 +73,7 @@ def env() -> dict[str, str]:
     # dir (`python -m submitit.core._submit`): PYTHONPATH makes them import this checkout's rt_lab and launcher,
     # not whichever checkout is pip-installed.
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1",
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                 PYTHONPATH=pythonpath)
 
 

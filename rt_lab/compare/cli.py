@@ -25,6 +25,8 @@ from rt_lab.judges import Judge, build_judge
 from rt_lab.layout import SweepDir
 from rt_lab.overrides import compose_root, override_key
 
+log = logging.getLogger(__name__)
+
 
 def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     """Judge every finished run of the sweep against its reference, and add the papers' figures and numbers the
@@ -82,7 +84,12 @@ def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
     text = "\n".join(sections)
     atomic_write_text(layout.summary_md, text)
     if pairs and cfg.get("logger") and cfg.logger.get("wandb"):
-        log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
+        try:
+            log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
+        except Exception as err:  # the network can go between a sweep's start and its end; the files above stay
+            log.warning("the comparison is written, but logging it to W&B failed (%s: %s); log it later with "
+                        "`python -m rt_lab.compare %s`, which judges nothing again", type(err).__name__, err,
+                        sweep_dir)
     print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {layout.summary_md}, "
           + ", ".join(str(path) for path in [*([layout.summary_csv] if pairs else []), *images]), flush=True)
     return layout.comparison

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 from rt_lab.compare.judging import Comparison
 from rt_lab.layout import SweepDir
-from rt_lab.loggers import wandb_offline, wandb_run_id
+from rt_lab.loggers import wandb_run_id
+from rt_lab.wandb_mode import wandb_mode
 
 
 def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Comparison], metrics: Sequence[dict],
@@ -17,7 +18,7 @@ def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Compar
     import wandb
 
     common = {"project": wandb_cfg.get("project"), "entity": wandb_cfg.get("entity"), "group": sweep_dir.name,
-              "mode": "offline" if wandb_offline(wandb_cfg.get("offline")) else "online", "resume": "allow"}
+              "mode": wandb_mode(wandb_cfg.get("mode", "auto")), "resume": "allow"}
     for comparison in comparisons:
         run_dir = comparison.run.layout
         with wandb.init(id=wandb_run_id(run_dir.wandb_run_id), dir=str(run_dir.path), **common) as run:
