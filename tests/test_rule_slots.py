@@ -5,10 +5,7 @@ order every step, with rule sets mixed in one batch, a chunked prefill and a pre
 from __future__ import annotations
 
 import random
-import sys
-import types
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +17,7 @@ from rt_lab.generate.decode import EncodedPrompt, encode_prompt
 from rt_lab.generate.rule_slots import (RULES_KEY, START_KEY, SlotRuleHead, check_request_args)
 from rt_lab.generate.rule_head import RuleHead
 from rt_lab.generate.rules import build_rules
-from rt_lab.generate.vllm_backend import PROCESSOR, engine_args, sampling_args
+from rt_lab.generate.vllm_backend import engine_args, sampling_args
 
 INSTRUCTIONS = ["Hi", "Write a long and winding sentence about rivers and the sea.", "Why?",
                 "List three colors.", "Tell me a story about a cat who sails.", "Ok"]
@@ -150,15 +147,15 @@ def test_slot_head_scores_as_the_transformers_head_at_every_step(compose, tiny_t
     assert len(head.rule_sets) == 2  # requests with equal rules share one built rule set
 
 
-def test_disabled_rules_pass_no_processor_and_no_request_arguments(compose, tiny_path, tiny_tokenizer):
+def test_request_arguments_carry_the_rules_only_when_enabled(compose, tiny_path, tiny_tokenizer):
     prompt = encode_prompt("Hi", TagTemplate(), tiny_tokenizer, "auto")
     plain = compose(["model=tiny"])
     assert not plain.rules.enabled
-    assert "logits_processors" not in engine_args(tiny_path, plain)
     assert sampling_args(plain.generation, [1], None, prompt)["extra_args"] is None
     ruled = compose(["model=tiny", "method=rules", "+generation.vllm.gpu_memory_utilization=0.5"])
-    assert engine_args(tiny_path, ruled) == {"model": tiny_path, "dtype": "float32",
-                                             "logits_processors": [PROCESSOR], "gpu_memory_utilization": 0.5}
+    # the rule head joins these in the vLLM backend, for the model runner vLLM picks (tests/test_vllm.py)
+    assert engine_args(tiny_path, ruled) == {"model": tiny_path, "dtype": "float32", "enforce_eager": False,
+                                             "gpu_memory_utilization": 0.5}
     rules = OmegaConf.to_container(ruled.rules, resolve=True)
     args = sampling_args(ruled.generation, [1, 7], rules, prompt)
     assert args["temperature"] == 0.0 and args["stop_token_ids"] == [1, 7]
@@ -180,41 +177,31 @@ def test_bad_request_arguments_are_refused_with_the_key(args, message):
         check_request_args(args)
 
 
-@pytest.fixture
-def stand_in_vllm(monkeypatch):
-    """vLLM needs a GPU and does not install here: the two names the adapter imports from it, so the adapter's
-    own code runs. The real engine exercises it on GPU machines."""
-    interface = types.ModuleType("vllm.v1.worker.gpu.sample.logits_processor")
-    interface.LogitsProcessor = type("LogitsProcessor", (), {})
-    vllm = types.ModuleType("vllm")
-    vllm.SamplingParams = lambda extra_args=None: SimpleNamespace(extra_args=extra_args)
-    monkeypatch.setitem(sys.modules, "vllm", vllm)
-    monkeypatch.setitem(sys.modules, "vllm.v1.worker.gpu.sample.logits_processor", interface)
-    monkeypatch.delitem(sys.modules, "rt_lab.generate.vllm_rule_head", raising=False)
-    module, name = PROCESSOR.split(":")
-    yield getattr(__import__(module, fromlist=[name]), name), vllm.SamplingParams
-    sys.modules.pop(module, None)
+def test_a_request_moved_or_swapped_to_another_slot_keeps_its_state(compose, tiny_tokenizer):
+    """The V1 runner compacts its batch: a request's state follows it to its new slot, a released slot scores
+    nothing. Scores after the moves equal a head that admitted the requests in their final slots."""
+    (a, b, c, *_) = requests(compose, tiny_tokenizer, ["eos_ramp", "uniform", "diversity"], "since_user_tag")
+    b.args = c.args = a.args  # every one with rules
+    sequence = {id(r): r.prompt.ids + r.response[:2] for r in (a, b, c)}
 
+    def started(placement: dict[int, Request]) -> SlotRuleHead:
+        head = SlotRuleHead(tiny_tokenizer, SLOTS, len(tiny_tokenizer), "cpu")
+        for slot, request in placement.items():
+            head.admit(slot, request.args)
+        head.start_admitted_from({slot: sequence[id(r)] for slot, r in placement.items()},
+                                 {slot: len(r.prompt.ids) for slot, r in placement.items()})
+        return head
 
-def test_the_vllm_adapter_with_a_stand_in_for_vllm_which_needs_a_gpu(compose, tiny_path, tiny_tokenizer,
-                                                                        stand_in_vllm):
-    processor_class, sampling_params = stand_in_vllm
-    queue = requests(compose, tiny_tokenizer, ["eos_ramp", "uniform", "diversity"], "since_user_tag")
-    engine = Engine(None, None, None, len(tiny_tokenizer))
-    req_states = SimpleNamespace(max_num_reqs=SLOTS, vocab_size=len(tiny_tokenizer), device=torch.device("cpu"),
-                                 all_token_ids=SimpleNamespace(gpu=engine.tokens),
-                                 prefill_len=SimpleNamespace(np=engine.filled),
-                                 prompt_len=SimpleNamespace(np=engine.prompt_lengths))
-    model = SimpleNamespace(tokenizer=tiny_path, tokenizer_revision=None)
-    with pytest.raises(ValueError, match="speculative decoding"):
-        processor_class(SimpleNamespace(speculative_config=object(), model_config=model), req_states)
-    processor = processor_class(SimpleNamespace(speculative_config=None, model_config=model), req_states)
-    engine.admit = lambda slot, args: processor.add_request(slot, sampling_params(extra_args=args))
-    engine.start = lambda *_: processor.apply_staged_writes()
-    engine.apply = lambda logits, slots, tokens, positions: processor.apply(
-        logits, SimpleNamespace(idx_mapping_np=slots, input_ids=tokens, pos=positions))
-    engine.run(list(queue))
-    assert engine.checked == sum(len(r.response) for r in queue if r.args)
-    processor_class.validate_params(sampling_params(extra_args=queue[0].args))
-    with pytest.raises(ValueError, match="not registered"):
-        processor_class.validate_params(sampling_params(extra_args={RULES_KEY: {"enabled": ["x"]}, START_KEY: 0}))
+    moved = started({0: a, 1: b, 2: c})
+    moved.release(0)  # a finished
+    moved.move(2, 0, swap=False)  # c fills the hole
+    moved.move(0, 1, swap=True)  # then c and b trade places
+    fresh = started({0: b, 1: c})
+    logits = torch.randn(3, len(tiny_tokenizer))
+    tokens = torch.tensor([sequence[id(b)][-1], sequence[id(c)][-1], 0])
+    positions = torch.tensor([len(sequence[id(b)]) - 1, len(sequence[id(c)]) - 1, 0])
+    slots = np.array([0, 1, 2])  # b, c, and the slot the moves emptied
+    out_moved = moved.apply(logits.clone(), slots, tokens, positions)
+    out_fresh = fresh.apply(logits.clone(), slots, tokens, positions)
+    torch.testing.assert_close(out_moved, out_fresh)
+    assert not torch.equal(out_moved[:2], logits[:2]) and torch.equal(out_moved[2], logits[2])  # slot 2: empty

@@ -60,6 +60,14 @@ class RuleState:
             self.last_seen = torch.cat([self.last_seen, self.last_seen.new_full((count, self.vocab_size + 1), -1)])
         return torch.arange(first, first + count, device=self.response_start.device)
 
+    def copy_slots(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+        """Slot `targets[i]` takes slot `sources[i]`'s state, all read before any is written (so a pair of slots
+        can swap)."""
+        self.instruction_start[targets] = self.instruction_start[sources]
+        self.response_start[targets] = self.response_start[sources]
+        if self.last_seen is not None:
+            self.last_seen[targets] = self.last_seen[sources]
+
     def keep(self, slots: torch.Tensor) -> None:
         """Keep only these slots, renumbered 0.. in this order (a batch whose finished rows leave)."""
         self.instruction_start = self.instruction_start[slots]

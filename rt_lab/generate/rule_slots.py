@@ -1,16 +1,18 @@
-"""The rule head over an inference engine's request slots, as vLLM's Model Runner V2 drives a logits processor.
+"""The rule head over an inference engine's request slots, as vLLM drives a logits processor.
 
 Requests come and go; each takes a slot (a row of the engine's per-request tables, reused by later requests) and
 carries its rules config and instruction start in its per-request arguments (`request_args`). The engine calls
-`admit` when a request takes a slot, `start_admitted` once the admitted prompts are on the device, and `apply` once
-per decoding step for the whole batch, with each row's slot, newest token and its position. The head's state lives
-on the logits' device and grows by one token per row and step. Pure torch: rt_lab.generate.vllm_rule_head adapts
-it to vLLM, and tests run it on the CPU."""
+`admit` when a request takes a slot, then starts the admitted requests from their tokens so far: from the engine's
+token table on the device (`start_admitted`, vLLM's Model Runner V2) or from host token lists
+(`start_admitted_from`, the V1 runner). The V1 runner also compacts its batch (`move`) and frees slots (`release`).
+`apply` runs once per decoding step for the whole batch, with each row's slot, newest token and its position. The
+head's state lives on the logits' device and grows by one token per row and step. Pure torch:
+rt_lab.generate.vllm_rule_head adapts it to both runners, and tests run it on the CPU."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +75,7 @@ class SlotRuleHead:
     def admit(self, slot: int, args: Mapping[str, Any] | None) -> bool:
         """A request takes `slot`, replacing whatever request held it; whether the head scores it."""
         if not args or RULES_KEY not in args:
-            self.rule_set_of[slot] = -1
+            self.release(slot)
             return False
         key = json.dumps(args[RULES_KEY], sort_keys=True)
         if key not in self.rule_set_index:
@@ -87,18 +89,54 @@ class SlotRuleHead:
         """Start the slots admitted since the last call: `tokens[slot, :filled[slot]]` is each one's sequence so far
         (its prompt, and the output it already had when a preempted request resumes), and its response begins at
         `prompt_lengths[slot]`."""
-        if not self.admitted:
+        slots, starts = self.take_admitted()
+        if not slots.size:
             return
+        slots_t = host_to_device(slots, self.device)
+        self.start(slots_t, starts, tokens[slots_t, :int(filled[slots].max())], filled[slots], prompt_lengths[slots])
+
+    def start_admitted_from(self, sequences: Mapping[int, Sequence[int]], prompt_lengths: Mapping[int, int]) -> None:
+        """`start_admitted` from host lists: `sequences[slot]` is each admitted slot's sequence so far, its response
+        beginning at `prompt_lengths[slot]`."""
+        slots, starts = self.take_admitted()
+        if not slots.size:
+            return
+        lengths = np.array([len(sequences[slot]) for slot in slots], dtype=np.int64)
+        padded = np.zeros((len(slots), int(lengths.max())), dtype=np.int64)
+        for row, slot in enumerate(slots):
+            padded[row, :lengths[row]] = sequences[slot]
+        self.start(host_to_device(slots, self.device), starts, host_to_device(padded, self.device), lengths,
+                   np.array([prompt_lengths[slot] for slot in slots], dtype=np.int64))
+
+    def take_admitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The slots admitted since the last start, and their instruction starts; forgets them."""
         slots = np.fromiter(self.admitted, dtype=np.int64, count=len(self.admitted))
         starts = np.fromiter(self.admitted.values(), dtype=np.int64, count=len(self.admitted))
         self.admitted.clear()
-        slots_t = host_to_device(slots, self.device)
-        lengths = host_to_device(filled[slots], self.device)
-        self.state.start(slots_t, host_to_device(starts, self.device),
-                         host_to_device(prompt_lengths[slots], self.device))
-        width = int(filled[slots].max())
-        positions = torch.arange(width, device=self.device).expand(len(slots), -1)
-        self.state.record(slots_t, tokens[slots_t, :width], positions, positions < lengths[:, None])
+        return slots, starts
+
+    def start(self, slots: torch.Tensor, starts: np.ndarray, sequences: torch.Tensor, lengths: np.ndarray,
+              prompt_lengths: np.ndarray) -> None:
+        """Hand `slots` to their requests, whose sequences so far are the first `lengths` tokens of the rows of
+        `sequences` (n, W)."""
+        self.state.start(slots, host_to_device(starts, self.device), host_to_device(prompt_lengths, self.device))
+        positions = torch.arange(sequences.shape[1], device=self.device).expand(len(slots), -1)
+        self.state.record(slots, sequences, positions, positions < host_to_device(lengths, self.device)[:, None])
+
+    def release(self, slot: int) -> None:
+        """The request in `slot` left the batch."""
+        self.rule_set_of[slot] = -1
+        self.admitted.pop(slot, None)
+
+    def move(self, source: int, target: int, swap: bool) -> None:
+        """The request in slot `source` now sits in slot `target`; with `swap`, target's request sits in `source`,
+        else `source` is left empty."""
+        sources, targets = ([source, target], [target, source]) if swap else ([source], [target])
+        self.state.copy_slots(host_to_device(np.array(sources), self.device),
+                              host_to_device(np.array(targets), self.device))
+        self.rule_set_of[targets] = self.rule_set_of[sources]
+        if not swap:
+            self.rule_set_of[source] = -1
 
     def apply(self, logits: torch.Tensor, slots: np.ndarray, tokens: torch.Tensor,
               positions: torch.Tensor) -> torch.Tensor:
