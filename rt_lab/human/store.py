@@ -1,11 +1,13 @@
 """The study's SQLite database: the items (instruction and both responses, as they were when rating began), the
-raters (name, URL token, seed) and the ratings. Every rating is committed before the server answers (WAL,
-synchronous=FULL), so neither a closed tab nor a killed server loses one; a half-made screen is kept as a draft
-(`submitted_at` empty) and comes back on reload."""
+raters (name, URL token, seed; a revoked rater's link opens nothing) and the ratings. Every rating is committed
+before the server answers (WAL, synchronous=FULL), so neither a closed tab nor a killed server loses one; a
+half-made screen is kept as a draft (`submitted_at` empty) and comes back on reload. The file is created readable
+by its owner only (the tokens are in it)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -25,7 +27,8 @@ RATER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raters (
-    name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, seed INTEGER NOT NULL, created_at TEXT NOT NULL);
+    name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, seed INTEGER NOT NULL, created_at TEXT NOT NULL,
+    revoked_at TEXT);
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY, position INTEGER NOT NULL, pair TEXT NOT NULL, method_a TEXT NOT NULL,
     method_b TEXT NOT NULL, model TEXT NOT NULL, dataset TEXT NOT NULL, seed TEXT NOT NULL, setting TEXT NOT NULL,
@@ -42,6 +45,15 @@ CREATE TABLE IF NOT EXISTS ratings (
     PRIMARY KEY (rater, item));
 """
 ITEM_COLUMNS = tuple(field.name for field in fields(Item))
+SHOWN_CHARACTERS = 40  # of a refused value, in an error message
+
+
+def shown(value: Any) -> str:
+    """`value` for an error message: its repr, cut short (a refused form value may be megabytes long)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"
 
 
 class RatingRefused(ValueError):
@@ -57,6 +69,7 @@ class Rater:
     name: str
     token: str  # the secret part of the rater's URL
     seed: int  # draws the rater's item order and side order (rt_lab.human.assignment)
+    revoked: bool = False  # the link opens nothing; the ratings made stay
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,12 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same permissions
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         with self.connect() as db:
             db.executescript(SCHEMA)
+            if "revoked_at" not in {row["name"] for row in db.execute("PRAGMA table_info(raters)")}:
+                db.execute("ALTER TABLE raters ADD COLUMN revoked_at TEXT")  # a study begun before revocation
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -178,18 +195,44 @@ class Store:
             known = {row["name"] for row in db.execute("SELECT name FROM raters")}
             for name in dict.fromkeys(names):
                 if name not in known:
-                    db.execute("INSERT INTO raters VALUES (?, ?, ?, ?)",
+                    db.execute("INSERT INTO raters (name, token, seed, created_at) VALUES (?, ?, ?, ?)",
                                (name, secrets.token_urlsafe(12), secrets.randbits(62), _now()))
 
     def raters(self) -> list[Rater]:
+        """Every rater, revoked ones included."""
         with self.connect() as db:
-            return [Rater(row["name"], row["token"], row["seed"])
-                    for row in db.execute("SELECT * FROM raters ORDER BY created_at, name")]
+            return [self._rater(row) for row in db.execute("SELECT * FROM raters ORDER BY created_at, name")]
 
     def rater(self, token: str) -> Rater | None:
+        """The rater whose link carries `token`; None for an unknown or revoked one."""
         with self.connect() as db:
-            row = db.execute("SELECT * FROM raters WHERE token = ?", (token,)).fetchone()
-        return Rater(row["name"], row["token"], row["seed"]) if row else None
+            row = db.execute("SELECT * FROM raters WHERE token = ? AND revoked_at IS NULL", (token,)).fetchone()
+        return self._rater(row) if row else None
+
+    @staticmethod
+    def _rater(row: sqlite3.Row) -> Rater:
+        return Rater(row["name"], row["token"], row["seed"], row["revoked_at"] is not None)
+
+    def rotate(self, name: str) -> Rater:
+        """A new link for rater `name` (a revoked one is reinstated): the old link opens nothing from now on;
+        the rater's ratings, order and sides stay."""
+        with self.write() as db:
+            self._known(db, name)
+            db.execute("UPDATE raters SET token = ?, revoked_at = NULL WHERE name = ?",
+                       (secrets.token_urlsafe(12), name))
+            return self._rater(db.execute("SELECT * FROM raters WHERE name = ?", (name,)).fetchone())
+
+    def revoke(self, name: str) -> None:
+        """Rater `name`'s link opens nothing from now on (a running server included); the ratings made stay in
+        the report. `rotate` gives the rater a new link."""
+        with self.write() as db:
+            self._known(db, name)
+            db.execute("UPDATE raters SET revoked_at = ? WHERE name = ?", (_now(), name))
+
+    def _known(self, db: sqlite3.Connection, name: str) -> None:
+        names = [row["name"] for row in db.execute("SELECT name FROM raters ORDER BY created_at, name")]
+        if name not in names:
+            raise ValueError(f"{self.path}: no rater {shown(name)}; the study's raters: {', '.join(names)}")
 
     # --- ratings -----------------------------------------------------------------------------------------------
 
@@ -207,14 +250,14 @@ class Store:
         for value, allowed, what in ((rating.rating_a, ACCEPTABILITY, "rating"), (rating.rating_b, ACCEPTABILITY,
                                      "rating"), (rating.preference, PREFERENCES, "preference")):
             if value is not None and value not in allowed:
-                raise RatingRefused(400, f"{what} {value!r}: expected one of {list(allowed)}")
+                raise RatingRefused(400, f"{what} {shown(value)}: expected one of {list(allowed)}")
         values = (rating.rating_a, rating.rating_b, rating.preference)
         if rating.submitted and None in values:
             raise RatingRefused(400, "rate both responses and choose the more helpful one (or a tie) to submit")
         with self.write() as db:
             if db.execute("SELECT 1 FROM items WHERE id = ? AND moderation IS NOT 'hide'",
                           (item_id,)).fetchone() is None:
-                raise RatingRefused(404, f"no item {item_id!r} in this study")
+                raise RatingRefused(404, f"no item {shown(item_id)} in this study")
             row = db.execute("SELECT * FROM ratings WHERE rater = ? AND item = ?", (rater.name, item_id)).fetchone()
             if row is not None and row["submitted_at"] is not None:
                 if rating.submitted and values == (row["rating_a"], row["rating_b"], row["preference"]):
