@@ -1,7 +1,8 @@
 """The rating app as deployed to raters on other machines: the real `python -m rt_lab.human serve` on waitress, over
 HTTP. Security headers, request limits and error pages that never repeat a whole value, an access log without
-tokens, a database only its owner reads, rater links revoked and rotated while serving, a second or unbindable serve
-that leaves the running study alone, and report CSVs a spreadsheet opens as text. The page itself under its
+tokens, a database only its owner reads, every acknowledged rating kept when the server is killed under three
+raters, rater links revoked and rotated while serving, a second or unbindable serve that leaves the running study
+alone, and report CSVs a spreadsheet opens as text. The page itself under its
 security policy, in Chromium: test_human_browser.py."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -167,3 +169,37 @@ def test_report_csvs_open_in_a_spreadsheet_as_text(tmp_path, compose):
     assert "Plain question?" in cells
     (long,) = [cell for cell in cells if cell.startswith("LLL")]
     assert len(long) == SPREADSHEET_CELL_CHARACTERS and long.endswith("[... cut: 40,000 characters in all]")
+
+
+def test_every_acknowledged_rating_survives_a_sigkill_under_three_raters(sweep, tmp_path):
+    """Three raters submitting at once; the server killed mid-stream: each rating whose reply came back is on disk."""
+    server = HumanServer(sweep, ["--pairs", "rt:it", "--raters", "3"], tmp_path / "server.log")
+    acknowledged: list[tuple[str, str]] = []
+    enough = threading.Event()
+
+    def rate(name: str, url: str) -> None:
+        try:
+            while True:
+                page = request(url)[2]
+                if 'name="item"' not in page:
+                    return  # all rated
+                item = page.split('name="item" value="', 1)[1].split('"', 1)[0]
+                fields = {"item": item, "left": "excellent", "right": "not_acceptable", "preference": "left",
+                          "final": "1"}
+                if request(f"{url}/rate", fields)[0] == 303:
+                    acknowledged.append((name, item))
+                    if len(acknowledged) >= 6:
+                        enough.set()
+        except OSError:  # the server is gone
+            return
+
+    raters = [threading.Thread(target=rate, args=item) for item in server.raters.items()]
+    for thread in raters:
+        thread.start()
+    assert enough.wait(60)
+    server.kill()
+    for thread in raters:
+        thread.join(60)
+    with sqlite3.connect(SweepDir(sweep).human_ratings) as db:
+        stored = set(db.execute("SELECT rater, item FROM ratings WHERE submitted_at IS NOT NULL").fetchall())
+    assert len(acknowledged) >= 6 and set(acknowledged) <= stored
