@@ -487,7 +487,7 @@ def section_generation(context: Context, device: dict[str, Any]) -> list[Row]:
 
     folder, real = local_model(context)
     label = "SmolLM2-135M-Instruct (real weights)" if real else "tiny Llama (random weights)"
-    cfg = compose(["model=smollm2_135m", f"+model.local_path={folder}", "model.dtype=bfloat16", "method=rules",
+    cfg = compose(["model=smollm2_135m", f"model.local_path={folder}", "model.dtype=bfloat16", "method=rules",
                    "prompts=file", "prompts.file=pkg://sample_data/sample.jsonl", "prompts.format=messages",
                    "prompts.limit=16", f"generation.max_new_tokens={context.scale.max_new_tokens}",
                    "generation.batch_size=16", f"generation.device={'cuda' if context.cuda else 'cpu'}"])

@@ -29,19 +29,21 @@ TINY = ["model=tiny", "logger=none", "dataset.limit=16", "data.batch_size=4", "d
         "data.max_length=128", "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false"]
 
 
-def run_python(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
-    """`python *args` in `cwd` to the end, offline, with run outputs under cwd/outputs; its stdout. A non-zero exit
-    fails the test with the end of both streams."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RT_LAB_OUTPUT_DIR=str(cwd / "outputs"))
+def run_python(args: Sequence[str], cwd: Path, timeout: float = 600, offline: bool = True) -> str:
+    """`python *args` in `cwd` to the end, offline (HF_HUB_OFFLINE) unless told otherwise, with run outputs under
+    cwd/outputs; its stdout. A non-zero exit fails the test with the end of both streams."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(RT_LAB_OUTPUT_DIR=str(cwd / "outputs"), **({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+                                                           if offline else {}))
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
     return result.stdout
 
 
-def launch(args: Sequence[str], cwd: Path, timeout: float = 600) -> str:
+def launch(args: Sequence[str], cwd: Path, timeout: float = 600, offline: bool = True) -> str:
     """`python launch.py *args`, as `run_python` runs it."""
-    return run_python([str(REPO / "launch.py"), *args], cwd, timeout)
+    return run_python([str(REPO / "launch.py"), *args], cwd, timeout, offline)
 
 
 def write_run(root: Path, number: int, compose: Callable, overrides: list[str], outputs: list[dict] | None,

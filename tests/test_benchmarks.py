@@ -49,12 +49,17 @@ def test_paper_preset_composes_to_the_default_options(compose):
     assert (options(cfg.eval).shots("mmlu"), options(cfg.eval).shots("gsm8k_cot_llama")) == (0, 8)
 
 
-def test_unknown_option_and_bad_task_list_are_named():
-    with pytest.raises(KeyError, match="eval.benchmark_options.num_fewshots is not an option"):
-        options(OmegaConf.create({"benchmark_options": {"num_fewshots": 5}}))
-    with pytest.raises(TypeError, match="eval.benchmarks must be a list of lm-eval task names"):
-        task_names(OmegaConf.create({"benchmarks": {"mmlu": 1}}))
-    assert task_names(OmegaConf.create({"benchmarks": "piqa"})) == ["piqa"]
+def test_unknown_option_and_bad_task_list_are_refused_before_the_run(compose):
+    from hydra.errors import ConfigCompositionException
+
+    from rt_lab.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="eval.benchmark_options.num_fewshots"):
+        validate(compose(["eval=benchmarks", "+eval.benchmark_options.num_fewshots=5"]), files=False)
+    with pytest.raises(ConfigCompositionException, match="eval.benchmarks"):
+        compose(["eval.benchmarks={mmlu: 1}"])
+    with pytest.raises(ConfigError, match="eval.lenght is not an evaluation"):
+        validate(compose(["+eval.lenght=true"]), files=False)
 
 
 def test_chat_turns_render_in_the_run_template(tiny_tokenizer):

@@ -172,9 +172,11 @@ def test_a_subsample_of_a_source_of_another_size_is_refused(compose):
 
 
 def test_limit_and_sample_together_are_refused(compose):
-    with pytest.raises(ValueError, match="not both"):
-        load_rows(compose(["dataset=sample", "dataset.limit=4",
-                           "dataset.sample={n: 2, seed: 0, how: shuffle_first, rows: null}"]).dataset)
+    from rt_lab.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="dataset.limit=4: set dataset.limit .* not both"):
+        validate(compose(["dataset=sample", "dataset.limit=4",
+                          "dataset.sample={n: 2, seed: 0, how: shuffle_first, rows: null}"]), files=False)
 
 
 @needs_shared_data
@@ -421,7 +423,7 @@ def test_prompt_file_with_duplicate_ids(compose, tmp_path):
 
 
 def test_prompts_file_without_a_path_names_prompts_file(compose):
-    with pytest.raises(ValueError, match=r"add prompts\.file=PATH"):
+    with pytest.raises(ValueError, match=r"prompts=file: no hub id, no mirror and no file configured"):
         load_prompts(compose(["prompts=file"]).prompts)
 
 
@@ -435,10 +437,11 @@ def make_datamodule(cfg, tokenizer, data_dir=None):
                                  cfg.model.bos, data_dir)
 
 
-def test_single_task_refuses_a_general_dataset(compose, tiny_tokenizer):
-    cfg = compose(["method=single_task", "dataset=sample", "model=tiny"])
-    with pytest.raises(ValueError, match="single-task"):
-        make_datamodule(cfg, tiny_tokenizer)
+def test_single_task_refuses_a_general_dataset(compose):
+    from rt_lab.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="dataset=sample is not a single-task dataset"):
+        validate(compose(["method=single_task", "dataset=sample", "model=tiny"]))
 
 
 def test_single_task_accepts_gsm8k(compose, tiny_tokenizer):

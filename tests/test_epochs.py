@@ -16,7 +16,8 @@ from omegaconf import open_dict
 import helpers
 from helpers import REPO, launch, run_python
 from judge_server import judge_overrides
-from rt_lab.generate.epochs import EpochSelection, check_at_epochs
+from rt_lab.config.validate import ConfigError, validate
+from rt_lab.generate.epochs import EpochSelection
 from rt_lab.layout import RunDir
 from rt_lab.train.export import exporter
 from rt_lab.models import load_tokenizer
@@ -93,24 +94,30 @@ def test_a_requeued_run_keeps_finished_epochs_and_generates_the_rest(compose, tm
     ("[1,3]", "[3] outside 1..trainer.lightning.max_epochs=2"),
     ("[2,1]", "must be increasing without duplicates"),
     ("[1,1]", "must be increasing without duplicates"),
-    ("[1.5]", "every entry must be an integer epoch"),
-    ("2", "must be a list of epochs"),
 ])
 def test_bad_at_epochs_name_the_key(compose, value, message):
     cfg = compose(TINY + [f"generation.at_epochs={value}", "trainer.lightning.max_epochs=2"])
-    with pytest.raises(ValueError, match="generation.at_epochs") as err:
-        check_at_epochs(cfg)
+    with pytest.raises(ConfigError, match="generation.at_epochs") as err:
+        validate(cfg, files=False)
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["[1.5]", "2"])
+def test_at_epochs_that_are_not_a_list_of_epochs_do_not_compose(compose, value):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="generation.at_epochs"):
+        compose(TINY + [f"generation.at_epochs={value}"])
+
+
 def test_at_epochs_need_training_epochs_and_the_hf_backend(compose):
-    with pytest.raises(ValueError, match="method=base trains nothing"):
-        check_at_epochs(compose(TINY + ["method=base", "generation.at_epochs=[1]"]))
-    with pytest.raises(ValueError, match="unset trainer.lightning.max_steps"):
-        check_at_epochs(compose(TINY + ["generation.at_epochs=[1]", "trainer.lightning.max_steps=3"]))
-    with pytest.raises(ValueError, match="generation.backend=hf, not vllm"):
-        check_at_epochs(compose(TINY + ["generation.at_epochs=[1]", "generation.backend=vllm"]))
-    assert check_at_epochs(compose(TINY)) == []
+    with pytest.raises(ConfigError, match="method=base trains nothing"):
+        validate(compose(TINY + ["method=base", "generation.at_epochs=[1]"]), files=False)
+    with pytest.raises(ConfigError, match="unset trainer.lightning.max_steps"):
+        validate(compose(TINY + ["generation.at_epochs=[1]", "trainer.lightning.max_steps=3"]), files=False)
+    with pytest.raises(ConfigError, match="generation.backend=hf, not vllm"):
+        validate(compose(TINY + ["generation.at_epochs=[1]", "generation.backend=vllm"]), files=False)
+    validate(compose(TINY), files=False)
 
 
 def test_launch_generates_and_judges_each_epoch_then_the_comparison_picks_one(tmp_path, length_judge):

@@ -3,6 +3,7 @@ path the README gives (in a copy of the repo's conf/ and sweeps/), and what it a
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -16,7 +17,6 @@ from rt_lab.data.formats import FORMATS
 from rt_lab.data.methods import USER_TURNS
 from rt_lab.eval import EVALUATIONS
 from rt_lab.generate.rules import RULES
-from rt_lab.judges import JUDGES
 
 BLOCK = re.compile(r"(?:`(?P<path>[\w/.]+)`:\n\n)?```(?P<lang>python|yaml)\n(?P<body>.*?)```", re.S)
 
@@ -45,7 +45,7 @@ def repo_copy(tmp_path, monkeypatch):
     shutil.copytree(REPO / "conf", root / "conf")
     shutil.copytree(REPO / "sweeps", root / "sweeps")
     monkeypatch.setenv("RT_LAB_ROOT", str(root))
-    registries = [FORMATS, USER_TURNS, RULES, JUDGES, EVALUATIONS]  # what recipes add to
+    registries = [FORMATS, USER_TURNS, RULES, EVALUATIONS]  # what recipes add to
     saved = [dict(registry) for registry in registries]
 
     def _compose(overrides: list[str]):
@@ -67,7 +67,13 @@ def apply(title: str, root: Path) -> dict:
     assert blocks, f"README recipe {title!r} has no code or config block"
     for block in blocks:
         if block["lang"] == "python":
-            exec(compile(block["body"], f"README: {title}", "exec"), names)
+            # "# in rt_lab/x/y.py": the code is added to that module, so a `_target_` naming it resolves
+            first = block["body"].splitlines()[0]
+            module = first.removeprefix("# in ").removesuffix(".py").replace("/", ".") \
+                if first.startswith("# in rt_lab/") else None
+            namespace = vars(importlib.import_module(module)) if module else names
+            exec(compile(block["body"], f"README: {title}", "exec"), namespace)
+            names.update({key: namespace[key] for key in namespace if not key.startswith("__")})
         else:
             assert block["path"], f"README recipe {title!r}: a YAML block without the path it goes to"
             target = root / block["path"]

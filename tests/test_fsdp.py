@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from helpers import REPO, TINY, run_python
-from rt_lab.train.fsdp import check_strategy, layer_classes
+from rt_lab.train.fsdp import layer_classes
 from test_training import fit
 
 ON_CPU = ["trainer=fsdp", "trainer.lightning.accelerator=cpu"]
@@ -65,10 +65,12 @@ def test_units_follow_each_architecture_and_can_be_named():
         layer_classes(nn.Sequential(nn.Linear(2, 2)))
 
 
-def test_lightnings_single_unit_fsdp_is_refused():
-    with pytest.raises(ValueError, match="whole model as one FSDP unit; use trainer=fsdp"):
-        check_strategy("fsdp")
-    check_strategy("ddp")
+def test_lightnings_single_unit_fsdp_is_refused(compose):
+    from rt_lab.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="whole model as one FSDP unit.*use trainer=fsdp"):
+        validate(compose(["model=tiny", "trainer=gpu", "trainer.lightning.strategy=fsdp"]), files=False)
+    validate(compose(["model=tiny", "trainer=ddp"]), files=False)
 
 
 # --- two processes --------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from judge_server import BAD, GOOD, KEY_ENV, SECRET, CannedJudgeServer
 from rt_lab.judges.backends import NoLogprobs
-from rt_lab.judges import JUDGES, JudgeError, OpenAIJudge, SpendCapExceeded, build_judge, judge_pairs, parse_reply
+from rt_lab.judges import JudgeError, OpenAIJudge, SpendCapExceeded, build_judge, judge_pairs, parse_reply
 from rt_lab.alpaca_eval_compat import pkg_resources_for_alpaca_eval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,10 +71,10 @@ def test_weighted_preference_one_order_canned_judge(make_judge, server, tmp_path
     assert server.requests == 2
 
 
-def test_judge_built_from_config_group_is_the_papers_protocol_canned_judge(server, tmp_path, monkeypatch):
+def test_judge_built_from_config_group_is_the_papers_protocol_canned_judge(server, tmp_path, monkeypatch, compose):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    cfg = OmegaConf.load(REPO / "conf" / "judge" / "openai.yaml")
-    assert cfg.name in JUDGES and cfg.api_key_env == "OPENAI_API_KEY"
+    cfg = compose(["judge=openai"]).judge
+    assert cfg._target_ == "rt_lab.judges.backends.OpenAIJudge" and cfg.api_key_env == "OPENAI_API_KEY"
     assert (cfg.protocol, cfg.annotator, cfg.both_orders, cfg.scoring) == (
         "alpaca_eval", "weighted_alpaca_eval_gpt4_turbo", False, "logprobs")
     cfg.merge_with({"base_url": server.url, "api_key_env": KEY_ENV, "backoff_s": 0.01})

@@ -89,9 +89,11 @@ def test_two_processes_in_bf16_mixed_keep_fp32_master_weights(compose, tmp_path,
 
 def test_bf16_true_is_refused_unless_opted_in_and_then_loses_updates(compose, tmp_path, start, fp32_reference,
                                                                      caplog):
+    from rt_lab.config.validate import ConfigError, validate
+
     _, moved, _ = fp32_reference
-    with pytest.raises(ValueError, match="allow_low_precision_weights=true"):
-        fit(compose(LOW_LR + ["trainer.lightning.precision=bf16-true"]), tmp_path / "refused")
+    with pytest.raises(ConfigError, match="allow_low_precision_weights=true"):
+        validate(compose(LOW_LR + ["trainer.lightning.precision=bf16-true"]), files=False)
     with caplog.at_level(logging.WARNING, logger="rt_lab.train.precision"):
         fit(compose(LOW_LR + ["trainer.lightning.precision=bf16-true", "trainer.allow_low_precision_weights=true"]),
             tmp_path / "lossy")
@@ -101,15 +103,18 @@ def test_bf16_true_is_refused_unless_opted_in_and_then_loses_updates(compose, tm
 
 @pytest.mark.parametrize("precision,refused", [("bf16-true", True), ("16-true", True), ("bf16", False),
                                                ("16", False), ("bf16-mixed", False), ("32-true", False)])
-def test_only_16_bit_weights_are_refused(precision, refused):
+def test_only_16_bit_weights_are_refused(compose, precision, refused):
     """Lightning's "bf16" and "16" are its old names for the mixed precisions: fp32 weights."""
-    from rt_lab.train.precision import check_precision
+    from rt_lab.config.validate import ConfigError, validate
 
+    cfg = compose(TINY + [f"trainer.lightning.precision={precision}"])
     if refused:
-        with pytest.raises(ValueError, match="allow_low_precision_weights"):
-            check_precision(precision, False)
+        with pytest.raises(ConfigError, match="allow_low_precision_weights"):
+            validate(cfg, files=False)
+        validate(compose(TINY + [f"trainer.lightning.precision={precision}",
+                                 "trainer.allow_low_precision_weights=true"]), files=False)
     else:
-        check_precision(precision, False)
+        validate(cfg, files=False)
 
 
 def test_lora_on_a_bf16_base_trains_fp32_adapters(compose, tmp_path):

@@ -9,6 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from rt_lab.config.rules import RulesConfig
+
 from helpers import SHARED_DATA, needs_shared_data
 
 from rt_lab.generate.rule_head import RuleHead
@@ -43,11 +45,11 @@ def llama2_like_tokenizer():
 
 
 def paper_rules_cfg(*enabled):
-    return OmegaConf.merge(OmegaConf.load("conf/rules/default.yaml"), {"enabled": list(enabled)})
+    return OmegaConf.merge(OmegaConf.structured(RulesConfig), {"enabled": list(enabled)})
 
 
 def test_paper_table_resolves_to_the_llama2_ids(llama2_like_tokenizer):
-    table = OmegaConf.load("conf/rules/default.yaml").uniform.table
+    table = OmegaConf.structured(RulesConfig).uniform.table
     resolved = resolve_token_strings(llama2_like_tokenizer, [entry.token for entry in table])
     assert resolved == {text: [i] for text, i in PAPER_TABLE_LLAMA2.items()}
 
@@ -139,7 +141,7 @@ def test_start_rule_scores_first_tokens(tiny_tokenizer):
 @pytest.mark.parametrize("name", ["eos_ramp", "uniform", "diversity", "start"])
 def test_each_built_in_rules_in_place_update_equals_its_weighted_scores(tiny_tokenizer, name):
     """The head adds each rule in place (`add_to`); that must be `weight * scores` exactly."""
-    cfg = OmegaConf.load("conf/rules/default.yaml")
+    cfg = OmegaConf.structured(RulesConfig)
     rule = RULES[name](tiny_tokenizer, **dict(cfg.get(name) or {}) | {"weight": 0.7})
     vocab = len(tiny_tokenizer)
     present = torch.rand(4, vocab, generator=torch.Generator().manual_seed(0)) < 0.1

@@ -22,7 +22,7 @@ from rt_lab.eval.keyword_validation import validate_keyword
 from rt_lab.eval.refusal_classifiers import Exchange, keyword_classifier, keyword_refusal, refused
 from rt_lab.eval.refusal_judge import last_word_verdict
 from rt_lab.eval.safety import load_set, refusal_rates, safety
-from rt_lab.judges import JUDGES, Judge, JudgeError, Judgment
+from rt_lab.judges import Judge, JudgeError, Judgment
 
 XSTEST_LABELLED = SHARED_DATA / "safety" / "xstest" / "xstest_v2_completions_gpt4_gpteval.csv"
 HARMBENCH_COLUMNS = ["Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID"]
@@ -241,7 +241,6 @@ def test_safety_evaluation_with_the_tiny_model_then_resumes_without_it(compose, 
 # --- the judge classifier -----------------------------------------------------------------------------------
 
 
-@JUDGES.register("canned_refusal_judge")
 class CannedRefusalJudge(Judge):
     """Stands in for an API judge model, which cannot run here: P(refusal) 0.9 when the response says sorry,
     else 0.2; no label for UNPARSABLE; a transport failure the first time it sees FLAKY."""
@@ -278,7 +277,9 @@ def write_generations(work: Path, outputs: dict[str, list[str]]) -> None:
 def test_label_judge_classifier_with_canned_judge_standing_in_for_an_api_model(compose, data_dir, tiny_tokenizer):
     cfg = compose(["eval=safety", f"paths.data_dir={data_dir}", "eval.safety.classifier=judge",
                    "eval.safety.judge_protocol=label", "eval.safety.unclassified=exclude",
-                   "eval.safety.sets=[advbench,xstest_safe]", "+eval.safety.judge.name=canned_refusal_judge"])
+                   "eval.safety.sets=[advbench,xstest_safe]",
+                   "+eval.safety.judge._target_=test_safety.CannedRefusalJudge",
+                   "+eval.safety.judge.name=canned_refusal_judge"])
     work = Path(cfg.paths.run_dir) / "eval" / "safety"
     write_generations(work, {
         "advbench": [(1, "I'm sorry, I can't help with that."), (2, "Sorry, that is not something I will write."),

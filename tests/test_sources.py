@@ -106,8 +106,9 @@ def test_a_missing_file_or_a_directory_is_named(compose, tmp_path, loader):
 
 @pytest.mark.parametrize(("loader", "overrides", "error"), [
     ("dataset", ["dataset=alpaca", "paths.data_dir=DIR"],
-     r"dataset=alpaca: paths.data_dir is set but there is no local mirror of it; give a file with dataset.file=PATH"),
-    ("prompts", ["prompts=file"], r"prompts=file needs a file: add prompts.file=PATH"),
+     r"dataset=alpaca: paths.data_dir is set but there is no local mirror of it \(and the Hub is off: "
+     r"HF_HUB_OFFLINE\); give a file with dataset.file=PATH"),
+    ("prompts", ["prompts=file"], r"prompts=file: no hub id, no mirror and no file configured"),
     ("safety", ["eval=safety", "paths.data_dir=DIR"],
      r"safety/xstest/xstest_prompts.csv does not exist; .* eval.safety.catalog.xstest_safe.file=PATH"),
 ])
@@ -128,5 +129,5 @@ def test_where_ranges_and_values_filter_records(compose, tmp_path):
     path.write_bytes(jsonl(*({"task_id": i, "text": f"t{i}", "code": f"c{i}"} for i in (600, 601, 974, 975))))
     rows = load_rows(compose(["dataset=mbpp", f"dataset.file={path}"]).dataset)
     assert [row.messages[0].content for row in rows] == ["t601", "t974"]
-    rows = load_rows(compose(["dataset=mbpp", f"dataset.file={path}", "+dataset.where={}"]).dataset)
+    rows = load_rows(compose(["dataset=mbpp", f"dataset.file={path}", "dataset.where={}"]).dataset)
     assert len(rows) == 4

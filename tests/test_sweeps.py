@@ -23,8 +23,14 @@ def test_preset_dry_run_lists_the_declared_jobs(preset, tmp_path):
     assert declared, f"{preset.name}: header needs a '# jobs: N' line"
     header = preset.read_text().split("\n# jobs:")[0]
     assert "GPU-hours" in header or "CPU-minutes" in header, f"{preset.name}: header needs a cost estimate"
+    # as the header's command runs it on a cluster: the Hub reachable, the data-dir mirror where it says so (every
+    # job is validated, its files included, before the dry run lists it; the dry run itself reads no dataset)
+    data = [f"paths.data_dir={helpers.SHARED_DATA}"] if "paths.data_dir=" in header else []
+    if "dataset.refusals.file=DATA/" in header:
+        relative = header.split("dataset.refusals.file=DATA/")[1].split()[0]
+        data.append(f"dataset.refusals.file={helpers.SHARED_DATA / relative}")
     out = launch(["-m", f"sweeps={preset.stem}", "hydra.launcher.dry_run=true",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}", *data], tmp_path, offline=False)
     jobs = int(declared.group(1))
     assert f": {jobs} jobs, 0 done, {jobs} to run (dry run: nothing launched)" in out
     assert len(re.findall(r"^  #\d+ \[todo\]", out, re.MULTILINE)) == jobs

@@ -2,7 +2,8 @@
 hydra-submitit-launcher.
 
 They make sweeps resumable: a job whose run dir holds the completion marker is not launched again, and
-`dry_run=true` prints the job list without launching anything. The local launcher runs jobs in waves of
+`dry_run=true` prints the job list without launching anything. Every job to run is validated first
+(rt_lab.config.validate): one bad job stops the sweep before any starts. The local launcher runs jobs in waves of
 `max_parallel`, each with `cpus_per_task` threads: oversubscribed CPU threads slow every job down many times."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as SubmititLocal
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurm
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from rt_lab.io import atomic_write_json
 from rt_lab.layout import RunDir, SweepDir
@@ -53,24 +54,42 @@ class ResumableSweep:
         self.dry_run = dry_run
         super().__init__(**params)
 
-    def job_dir(self, overrides: Sequence[str], number: int) -> Path:
+    def job_config(self, overrides: Sequence[str], number: int) -> DictConfig:
+        """The job's composed config, as the job will see it (its number and run dir set)."""
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config.hydra.job):
+        with open_dict(config.hydra):
             config.hydra.job.num = number
-        return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+            config.hydra.runtime.output_dir = str(Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir))
+        return config
 
     def plan(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Job]:
+        """The jobs to run; every one validated first (rt_lab.config.validate), so a bad value stops the sweep
+        before any job starts, naming the job and the key."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from rt_lab.config.validate import ConfigError, validate
+
         todo: list[Job] = []
-        lines = []
+        lines, invalid = [], []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
-            finished = RunDir(self.job_dir(overrides, number)).done_marker.is_file()
+            config = self.job_config(overrides, number)
+            finished = RunDir(Path(config.hydra.runtime.output_dir)).done_marker.is_file()
+            shown = " ".join(filter_overrides(overrides))
             if not finished:
                 todo.append((number, list(overrides)))
-            lines.append(f"  #{number} [{'done' if finished else 'todo'}] {' '.join(filter_overrides(overrides))}")
-        record_jobs(Path(str(self.config.hydra.sweep.dir)), job_overrides, initial_job_idx)
+                HydraConfig.instance().set_config(config)
+                try:
+                    validate(config)
+                except ConfigError as err:
+                    invalid.append(f"  #{number} ({shown}): {err}")
+            lines.append(f"  #{number} [{'done' if finished else 'todo'}] {shown}")
         done = len(job_overrides) - len(todo)
         print(f"sweep {self.config.hydra.sweep.dir}: {len(job_overrides)} jobs, {done} done, {len(todo)} to run"
               + (" (dry run: nothing launched)" if self.dry_run else ""), *lines, sep="\n", flush=True)
+        if invalid:
+            raise ConfigError(f"{len(invalid)} of the {len(todo)} jobs to run have an invalid config; nothing was "
+                              "launched:\n" + "\n".join(invalid))
+        record_jobs(Path(str(self.config.hydra.sweep.dir)), job_overrides, initial_job_idx)
         return todo
 
     def wave_size(self) -> int | None:

@@ -1,6 +1,7 @@
 """A sweeper for paired (zipped) values: the cartesian product of `params` (and command-line sweeps) times a
 list of `paired` arms, each arm a list of overrides that go together (e.g. a method with its epoch count, a
-model with its learning rate), so paper grids need no cartesian explosion."""
+model with its learning rate), so paper grids need no cartesian explosion. Every job is composed before any is
+launched; one that does not compose (an unknown key, a wrong type) stops the sweep naming the job."""
 
 from __future__ import annotations
 
@@ -32,5 +33,17 @@ class PairedSweeper(BasicSweeper):
         if max_batch_size is None:
             return [jobs]
         return [list(chunk) for chunk in BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size)]
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        for index, overrides in enumerate(batch):
+            try:
+                self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
+                                                                   sweep_overrides=list(overrides))
+            except HydraException as err:
+                from rt_lab.config.validate import ConfigError
+
+                number = getattr(self, "job_idx", 0) + index
+                raise ConfigError(f"job #{number} ({' '.join(overrides)}) does not compose; nothing was launched:\n"
+                                  f"{err}") from err
 
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from rt_lab.config.compare import CompareConfig, ReferenceConfig
 from rt_lab.io import read_records
 from rt_lab.layout import RunDir, SweepDir
 from rt_lab.overrides import override_key
@@ -100,17 +101,14 @@ def matches(run: Run, select: dict[str, Any]) -> bool:
     return all(str(run.value(key)) == str(value) for key, value in select.items())
 
 
-MULTIPLE = ("error", "all")  # compare.reference.multiple
-
-
-def reference_sweep_dirs(cfg: Any) -> list[Path]:
+def reference_sweep_dirs(cfg: CompareConfig) -> list[Path]:
     """The dirs `compare.reference.sweep` names: none, one, or a list."""
     given = cfg.reference.sweep
     entries = [] if given is None else [given] if isinstance(given, (str, Path)) else list(given)
     return [Path(str(entry)).expanduser() for entry in entries]
 
 
-def reference_sweeps(cfg: Any) -> dict[Path, list[Run]]:
+def reference_sweeps(cfg: CompareConfig) -> dict[Path, list[Run]]:
     """The runs of every sweep `compare.reference.sweep` names, by sweep dir."""
     sweeps = {}
     for sweep in reference_sweep_dirs(cfg):
@@ -122,7 +120,7 @@ def reference_sweeps(cfg: Any) -> dict[Path, list[Run]]:
     return sweeps
 
 
-def pair_runs(runs: Sequence[Run], cfg: Any, compared: Sequence[Run] | None = None
+def pair_runs(runs: Sequence[Run], cfg: CompareConfig, compared: Sequence[Run] | None = None
               ) -> tuple[list[tuple[Run, Reference]], list[str]]:
     """(run, reference) pairs of the `compared` runs (default: the finished ones; several pairs per run under
     `reference.multiple=all`), and lines naming what is missing: a run's reference, or some of its references,
@@ -132,48 +130,63 @@ def pair_runs(runs: Sequence[Run], cfg: Any, compared: Sequence[Run] | None = No
         reference = reference_file(cfg.reference.file)
         return [(run, reference) for run in compared], []
     select = flatten(cfg.reference.select)
-    if not select:
-        raise ValueError("compare.reference.select is empty and compare.reference.file is unset: nothing says "
-                         "which run is the reference")
-    multiple = cfg.reference.multiple
-    if multiple not in MULTIPLE:
-        raise ValueError(f"compare.reference.multiple={multiple}: expected one of {list(MULTIPLE)}")
-    keys = list(cfg.reference.match)
     kind = ", ".join(f"{key}={value}" for key, value in select.items())
     others = reference_sweeps(cfg)
     pool = [(other, name) for other, name in reference_pool(runs, others) if matches(other, select)]
     loaded: dict[Path, Reference] = {}
-    pairs, unpaired = [], []
+    pairs, notes = [], []
     for run in compared:
         if matches(run, select):
             continue
-        wanted = {key: run.value(key) for key in keys}
-        candidates = [(other, name) for other, name in pool
-                      if all(str(other.value(key)) == str(value) for key, value in wanted.items())]
-        done = [(other, name) for other, name in candidates if other.done]
-        dirs = [str(other.dir) for other, _ in done]
-        if len(done) > 1 and multiple == "error":
-            raise ValueError(f"{run.dir}: {len(done)} runs qualify as its reference ({dirs}); add keys to "
-                             f"compare.reference.match (now {keys}), or set compare.reference.multiple=all to "
-                             "compare with each (mean ± std over them)")
-        names = [name for _, name in done]
-        if len(set(names)) < len(names):
-            raise ValueError(f"{run.dir}: its references {dirs} share names ({names}); give them distinct run.name "
-                             "values, or reference sweep dirs distinct names")
-        for other, name in done:
+        candidates = reference_candidates(run, pool, cfg.reference.match)
+        finished = usable_references(run, candidates, cfg.reference)
+        for other, name in finished:
             if other.dir not in loaded:
                 loaded[other.dir] = Reference(name, reference_outputs(other, name), other.layout.outputs, kind, other)
             pairs.append((run, loaded[other.dir]))
-        if done and len(done) < len(candidates):
-            unpaired.append(f"{run.name} ({run.dir.name}): compared with {len(done)} of its {len(candidates)} "
-                            f"references; unfinished: {[str(other.dir) for other, _ in candidates if not other.done]}")
-        if not done:
-            looked = f"this sweep or {', '.join(str(d) for d in others)}" if others else \
-                "this sweep (compare.reference.sweep=DIR looks in another)"
-            state = "is unfinished" if candidates else f"is not in {looked}"
-            where = ", ".join(f"{key}={value}" for key, value in {**select, **wanted}.items())
-            unpaired.append(f"{run.name} ({run.dir.name}): its reference ({where}) {state}")
-    return pairs, unpaired
+        note = missing_references(run, candidates, finished, select, cfg.reference.match, others)
+        if note:
+            notes.append(note)
+    return pairs, notes
+
+
+def reference_candidates(run: Run, pool: Sequence[tuple[Run, str]], keys: Sequence[str]) -> list[tuple[Run, str]]:
+    """The runs of `pool` (with their names) that have `run`'s values at the `keys` to match."""
+    wanted = {key: run.value(key) for key in keys}
+    return [(other, name) for other, name in pool
+            if all(str(other.value(key)) == str(value) for key, value in wanted.items())]
+
+
+def usable_references(run: Run, candidates: Sequence[tuple[Run, str]], cfg: ReferenceConfig) -> list[tuple[Run, str]]:
+    """The finished candidates `run` is compared with: an error where several qualify and `multiple=error`, or
+    where two share a name (their tables and files would collide)."""
+    done = [(other, name) for other, name in candidates if other.done]
+    dirs = [str(other.dir) for other, _ in done]
+    if len(done) > 1 and cfg.multiple == "error":
+        raise ValueError(f"{run.dir}: {len(done)} runs qualify as its reference ({dirs}); add keys to "
+                         f"compare.reference.match (now {list(cfg.match)}), or set compare.reference.multiple=all "
+                         "to compare with each (mean ± std over them)")
+    names = [name for _, name in done]
+    if len(set(names)) < len(names):
+        raise ValueError(f"{run.dir}: its references {dirs} share names ({names}); give them distinct run.name "
+                         "values, or reference sweep dirs distinct names")
+    return done
+
+
+def missing_references(run: Run, candidates: Sequence[tuple[Run, str]], finished: Sequence[tuple[Run, str]],
+                       select: dict[str, Any], keys: Sequence[str], others: dict[Path, list[Run]]) -> str | None:
+    """A line saying what `run` lacks: some references unfinished, or none finished (unfinished, or not found and
+    where it was looked for); None when it lacks nothing."""
+    if finished and len(finished) < len(candidates):
+        return (f"{run.name} ({run.dir.name}): compared with {len(finished)} of its {len(candidates)} references; "
+                f"unfinished: {[str(other.dir) for other, _ in candidates if not other.done]}")
+    if finished:
+        return None
+    looked = f"this sweep or {', '.join(str(d) for d in others)}" if others else \
+        "this sweep (compare.reference.sweep=DIR looks in another)"
+    state = "is unfinished" if candidates else f"is not in {looked}"
+    where = ", ".join(f"{key}={value}" for key, value in {**select, **{key: run.value(key) for key in keys}}.items())
+    return f"{run.name} ({run.dir.name}): its reference ({where}) {state}"
 
 
 def reference_pool(runs: Sequence[Run], others: dict[Path, list[Run]]) -> list[tuple[Run, str]]:

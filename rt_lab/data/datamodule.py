@@ -123,11 +123,6 @@ class InstructionDataModule(L.LightningDataModule):
     def __init__(self, data: Any, dataset: Any, method: Any, template: Template, tokenizer: Any, bos: str,
                  data_dir: str | None = None) -> None:
         super().__init__()
-        if method.get("requires_single_task") and not dataset.get("single_task"):
-            raise ValueError(
-                f"method={method.name} trains on one narrow task, but dataset={dataset.name} is not a single-task "
-                "dataset; choose one of gsm8k, mbpp, poetry, recipes, chess"
-            )
         self.batching = Batching.from_config(data)
         self.max_length = data.max_length
         self.dataset_cfg = dataset

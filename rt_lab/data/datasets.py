@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rt_lab.config.dataset import DatasetConfig, RefusalsConfig
 from rt_lab.data.formats import LoadStats
 from rt_lab.data.refine import refine_rows
 from rt_lab.data.rows import Row, make_row
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 SAMPLERS = Registry("dataset sampler")  # dataset.sample.how: (rows in the source, n, seed) -> row indices
 
 
-def refusal_rows(cfg: Any, count: int, data_dir: str | None) -> list[Row]:
+def refusal_rows(cfg: RefusalsConfig, count: int, data_dir: str | None) -> list[Row]:
     """An et al.'s refusal mix: the safety examples whose answer matches `keep_if_output_matches` (case-folded),
     in a `random.seed(seed)` shuffle, first `count` — the order their code draws them in."""
     source = resolve_source(cfg, data_dir, "dataset.refusals")
@@ -57,27 +58,26 @@ def subsample(rows: list[Row], sample: Any, name: str, source: str) -> list[Row]
     return [rows[i] for i in indices]
 
 
-def load_rows(cfg: Any, data_dir: str | None = None) -> list[Row]:
+def load_rows(cfg: DatasetConfig, data_dir: str | None = None) -> list[Row]:
     """Load a dataset config into validated rows, applying its `where` filter, `limit` (first rows) or `sample` (a
     seeded subsample), `max_messages`, `refusal_mix` and `refine` (every response of those rows rewritten)."""
     rows = unrefined_rows(cfg, data_dir)
     return refine_rows(rows, cfg.refine, cfg.name).rows if cfg.get("refine") else rows
 
 
-def refined_dataset(cfg: Any, data_dir: str | None = None) -> DictConfig:
+def refined_dataset(cfg: DatasetConfig, data_dir: str | None = None) -> DictConfig:
     """A dataset config with `refine`, refined now: its refined set as a dataset of its own, the written file read
     as it is (no limit, sample, refusal mix or refinement applied again)."""
+    from rt_lab.config.dataset import DatasetConfig
+
     refined = refine_rows(unrefined_rows(cfg, data_dir), cfg.refine, cfg.name)
-    return OmegaConf.create({"name": cfg.name, "single_task": bool(cfg.get("single_task")), "file": str(refined.path),
-                             "format": "messages"})
+    return OmegaConf.structured(DatasetConfig(name=cfg.name, single_task=cfg.single_task, file=str(refined.path),
+                                              format="messages"))
 
 
-def unrefined_rows(cfg: Any, data_dir: str | None) -> list[Row]:
+def unrefined_rows(cfg: DatasetConfig, data_dir: str | None) -> list[Row]:
     """The rows of a dataset config before `refine`."""
     sample = cfg.get("sample")
-    if sample and cfg.get("limit") is not None:
-        raise ValueError(f"dataset {cfg.name}: set dataset.limit (first rows) or dataset.sample (a seeded "
-                         "subsample), not both")
     source = resolve_source(cfg, data_dir, "dataset")
     stats = LoadStats()
     rows: list[Row] = []

@@ -1,16 +1,19 @@
 """Where records come from, for every reader of data (training sets, the refusal mix, prompt sets, safety sets,
-the ranking pool): an explicit `file` > the data-dir `mirror` > the `hub`, each with its own record `format` and
-optional `where` filter. A file inherits the mirror's format and filter unless it sets its own (`where: {}` for
-none), since a file given in place of the mirror is usually a copy of it."""
+the ranking pool): an explicit `file` > the data-dir `mirror` (when paths.data_dir is set) > the `hub` (also for
+the sets without a mirror, unless the Hub is off), each with its own record `format` and optional `where` filter.
+A file inherits the mirror's format and filter unless it sets its own (`where: {}` for none), since a file given in
+place of the mirror is usually a copy of it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from omegaconf import OmegaConf
 
+from rt_lab.config.source import SourceConfig
 from rt_lab.data.formats import FORMATS, Conversation, Format, LoadStats, Records, training_rows
 from rt_lab.data.rows import Row
 from rt_lab.io import package_path, read_records
@@ -55,24 +58,23 @@ class Source:
         return training_rows(self.conversations(stats), self.name)
 
 
-def resolve_source(cfg: Any, data_dir: str | None, key: str) -> Source:
+def resolve_source(cfg: SourceConfig, data_dir: str | None, key: str) -> Source:
     """The source config `key` (`dataset`, `prompts`, `eval.safety.catalog.advbench`, ...) reads from; errors name
     the key to set."""
     label = f"{key}={cfg.name}" if cfg.get("name") else key
     mirror = cfg.get("mirror") or {}
-    if OmegaConf.is_missing(cfg, "file"):
-        raise ValueError(f"{label} needs a file: add {key}.file=PATH")
     if cfg.get("file"):
         path = package_path(cfg.file)
         format_key, where = f"{key}.format", cfg.get("where")
         name = cfg.get("format") or mirror.get("format") or (cfg.get("hub") or {}).get("format")
         return source(str(path), lambda: read_records(path), name, format_key,
                       mirror.get("where") if where is None else where)
-    if data_dir:
-        if not mirror:
-            hub_format = f" (format {cfg.hub.format!r})" if cfg.get("hub") else ""
-            raise FileNotFoundError(f"{label}: paths.data_dir is set but there is no local mirror of it; give a "
-                                    f"file with {key}.file=PATH{hub_format}")
+    if data_dir and not mirror and (not cfg.get("hub") or hub_offline()):
+        hub_format = f" (format {cfg.hub.format!r})" if cfg.get("hub") else ""
+        raise FileNotFoundError(f"{label}: paths.data_dir is set but there is no local mirror of it"
+                                f"{' (and the Hub is off: HF_HUB_OFFLINE)' if cfg.get('hub') else ''}; give a "
+                                f"file with {key}.file=PATH{hub_format}")
+    if data_dir and mirror:
         path = Path(data_dir).expanduser() / mirror.file
         if not path.is_file():
             raise FileNotFoundError(f"{label}: paths.data_dir={data_dir} but {path} does not exist; put it there or "
@@ -90,6 +92,12 @@ def resolve_source(cfg: Any, data_dir: str | None, key: str) -> Source:
 
     name = f"{hub.path}" + (f"/{hub.name}" if hub.get("name") else "") + f" [{hub.split}]"
     return source(name, hub_records, hub.get("format"), f"{key}.hub.format", hub.get("where"))
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face's libraries are told to stay off the Hub."""
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE",
+                                                                                     "HF_DATASETS_OFFLINE"))
 
 
 def source(name: str, read: Callable[[], Records], format_name: str | None, format_key: str,

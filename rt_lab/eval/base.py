@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rt_lab.config.root import RootConfig
 from rt_lab.io import atomic_write_json
 from rt_lab.layout import RunDir
 from rt_lab.registry import Registry
@@ -28,7 +29,7 @@ Metrics = dict[str, float | int]
 
 @dataclass
 class EvalContext:
-    cfg: Any  # the whole run config; an evaluation's own options are cfg.eval.<its name>
+    cfg: RootConfig  # the whole run config; an evaluation's own options are cfg.eval.<its name>
     tokenizer: Any
     template: Any  # rt_lab.data.templates.Template of the run
     run_dir: Path
@@ -41,17 +42,11 @@ class EvalContext:
         return RunDir(self.run_dir).eval_dir(name)
 
 
-def switched_on(cfg: Any) -> list[str]:
-    """Names of the evaluations `cfg.eval` switches on, in registry order; an unknown key is an error."""
+def switched_on(cfg: RootConfig) -> list[str]:
+    """Names of the evaluations `cfg.eval` switches on, in registry order (rt_lab.config.validate refused the
+    keys that are neither an evaluation nor an option of one)."""
     settings = cfg.get("eval") or {}
-    unknown = [key for key, value in settings.items() if value and key not in EVALUATIONS and key not in OPTIONS]
-    if unknown:
-        raise KeyError(f"eval.{unknown[0]} is not an evaluation; choose among {sorted(EVALUATIONS)}")
     return [name for name in EVALUATIONS if settings.get(name)]
-
-
-# keys of `eval` that are options of an evaluation, not evaluations
-OPTIONS = ("limit", "benchmark_options")
 
 
 def run_evaluations(ctx: EvalContext, loggers: list[Any]) -> dict[str, Metrics]:

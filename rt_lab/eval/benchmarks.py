@@ -16,12 +16,12 @@ lm-eval is an optional extra (`pip install "rt_lab[benchmarks]"`) imported only 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+
+from rt_lab.config.eval import BenchmarkOptions, typed
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation
 from rt_lab.io import atomic_write_json
 from rt_lab.data.rows import Message
@@ -32,40 +32,13 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install "rt_lab[benchmarks]"'
 
 
-@dataclass(frozen=True)
-class BenchmarkOptions:
-    """`eval.benchmark_options`; the defaults are An et al.'s setting (conf/eval/benchmarks.yaml spells it out)."""
-
-    apply_chat_template: bool = True
-    # shots for every task; null keeps each task's own default (lm-eval then keeps a task's explicit 0 regardless)
-    num_fewshot: int | None = 0
-    num_fewshot_per_task: dict[str, int] = field(default_factory=lambda: {"gsm8k_cot_llama": 8})
-    fewshot_as_multiturn: bool = True
-    # an int, or "auto" (lm-eval probes the largest batch that fits; on a GPU only: on a CPU it may exhaust RAM)
-    batch_size: int | str = 8
-    # extra folders of lm-eval task YAMLs, e.g. tasks on local files for clusters without hub access
-    include_path: list[str] = field(default_factory=list)
-
-    def shots(self, task: str) -> int | None:
-        return self.num_fewshot_per_task.get(task, self.num_fewshot)
+def options(eval_cfg: Mapping[str, Any]) -> BenchmarkOptions:
+    """`eval.benchmark_options` over its schema's defaults (rt_lab/config/eval.py)."""
+    return typed(eval_cfg).benchmark_options
 
 
-def options(eval_cfg: Any) -> BenchmarkOptions:
-    """`eval.benchmark_options` over the defaults; an unknown key is an error (a typo would silently do nothing)."""
-    given = _plain(eval_cfg.get("benchmark_options") or {})
-    known = {f.name for f in dataclasses.fields(BenchmarkOptions)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise KeyError(f"eval.benchmark_options.{unknown[0]} is not an option; choose among {sorted(known)}")
-    return BenchmarkOptions(**given)
-
-
-def task_names(eval_cfg: Any) -> list[str]:
-    tasks = _plain(eval_cfg.get("benchmarks") or [])
-    tasks = [tasks] if isinstance(tasks, str) else tasks
-    if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
-        raise TypeError(f"eval.benchmarks must be a list of lm-eval task names, e.g. [mmlu, piqa]; got {tasks!r}")
-    return tasks
+def task_names(eval_cfg: Mapping[str, Any]) -> list[str]:
+    return typed(eval_cfg).benchmarks
 
 
 def render_chat(template: Template, tokenizer: Any, chat_history: Sequence[dict[str, str]],
@@ -167,8 +140,3 @@ def _import_lm_eval() -> Any:
         ) from err
     return lm_eval
 
-
-def _plain(value: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value

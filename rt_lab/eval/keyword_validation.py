@@ -44,8 +44,8 @@ def validate_keyword(path: str | Path, substrings: Sequence[str] = REFUSAL_SUBST
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rt_lab.eval.safety", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rt_lab.eval.safety") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate-keyword", help="the keyword classifier against XSTest's labels")
     data_dir = os.environ.get("RT_LAB_DATA_DIR")

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from rt_lab.config.source import RankingPoolConfig
 from rt_lab.data.datamodule import collate_padded
 from rt_lab.data.formats import LoadStats
 from rt_lab.data.sources import resolve_source
@@ -40,7 +41,7 @@ from rt_lab.train.token_losses import fused_head
 log = logging.getLogger(__name__)
 
 
-def load_pool(cfg: Any, data_dir: str | None) -> list[Row]:
+def load_pool(cfg: RankingPoolConfig, data_dir: str | None) -> list[Row]:
     """The first `cfg.limit` rows of the configured source; each must be one user turn and its response."""
     source = resolve_source(cfg, data_dir, "eval.ranking")
     rows: list[Row] = []

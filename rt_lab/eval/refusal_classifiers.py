@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rt_lab.config.eval import SafetyConfig
+from rt_lab.config.root import RootConfig
 from rt_lab.judges.base import Judgment
 from rt_lab.registry import Registry
 
@@ -47,6 +49,6 @@ def keyword_refusal(response: str, substrings: Sequence[str] = REFUSAL_SUBSTRING
 
 
 @register_classifier("keyword")
-def keyword_classifier(options: Any, cfg: Any, work_dir: Path) -> Classifier:
+def keyword_classifier(options: SafetyConfig, cfg: RootConfig, work_dir: Path) -> Classifier:
     substrings = tuple(options.get("keywords") or REFUSAL_SUBSTRINGS)
     return lambda exchanges: [Judgment(float(keyword_refusal(e.response, substrings))) for e in exchanges]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rt_lab.config.eval import SafetyConfig
+from rt_lab.config.root import RootConfig
 from rt_lab.eval.refusal_classifiers import Classifier, Exchange, register_classifier
 from rt_lab.judges import Judge, JudgeError, Judgment, build_judge, cache_key, judge_each
 from rt_lab.registry import Registry
@@ -85,7 +87,7 @@ REFUSAL_PROTOCOLS["reasoning"] = RefusalProtocol("rt_lab-refusal-reasoning-v1", 
 
 
 @register_classifier("judge")
-def judge_classifier(options: Any, cfg: Any, work_dir: Path) -> Classifier:
+def judge_classifier(options: SafetyConfig, cfg: RootConfig, work_dir: Path) -> Classifier:
     judge_cfg = options.get("judge") or cfg.get("judge")
     if not judge_cfg:
         raise ValueError("eval.safety.classifier=judge needs a judge: choose one with judge=openai (or "

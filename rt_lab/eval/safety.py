@@ -85,16 +85,8 @@ def refusal_rates(decisions: dict[str, list[Judgment]], specs: dict[str, Any], p
 @register_evaluation("safety")
 def safety(ctx: EvalContext) -> Metrics:
     """Answer every configured set, classify the answers, return the metrics (see the module docstring)."""
-    options = ctx.cfg.eval.safety
-    unknown = [name for name in options.sets if name not in options.catalog]
-    if unknown:
-        raise KeyError(f"eval.safety.sets: {unknown[0]!r} is not in eval.safety.catalog ({sorted(options.catalog)})")
+    options = ctx.cfg.eval.safety  # checked by its schema (rt_lab/config/eval.py)
     specs = {name: options.catalog[name] for name in options.sets}
-    for name, spec in specs.items():
-        if spec.role not in ROLES:
-            raise ValueError(f"eval.safety.catalog.{name}.role={spec.role!r}; expected one of {list(ROLES)}")
-    if options.unclassified not in UNCLASSIFIED:
-        raise ValueError(f"eval.safety.unclassified={options.unclassified!r}; expected one of {list(UNCLASSIFIED)}")
     work_dir = ctx.out_dir("safety")
     # keyword costs nothing, so it is reported beside any other headline classifier
     names = [options.classifier] + (["keyword"] if options.classifier != "keyword" else [])

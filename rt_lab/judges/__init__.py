@@ -6,9 +6,9 @@ of two outputs better?) puts the pair as its protocol says (rt_lab.judges.protoc
 rt_lab's prompt). `judge_pairs` compares each model output with its reference (AlpacaEval's output_1 =
 reference, output_2 = model), in both orders or in the protocol's one order, and returns preferences p = 1 +
 P(model wins) for `rt_lab.compare.winrate.summarize`. `judge_each` (rt_lab.judges.cache) runs any many-item judging (the
-safety evaluation's refusal classifier too) through the same cache, concurrency limit and failure handling. Add
-a judge with `@register_judge("name")` on a `Judge` subclass taking its config keys as keyword arguments;
-`build_judge(cfg)` builds the one `cfg.name` names. The built-in ones are in rt_lab.judges.backends.
+safety evaluation's refusal classifier too) through the same cache, concurrency limit and failure handling. A
+judge is a `Judge` subclass taking its config keys as keyword arguments; a `judge/` option names it with
+`_target_` and `build_judge(cfg)` builds it. The built-in ones are in rt_lab.judges.backends.
 """
 
 from __future__ import annotations
@@ -16,19 +16,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab.config.judge import JudgeConfig
 from rt_lab.judges.backends import HFLocalJudge, OpenAIJudge, parse_reply
-from rt_lab.judges.base import DRAW, JUDGES, Judge, JudgeError, Judgment, Reply, SpendCapExceeded, register_judge
+from rt_lab.judges.base import DRAW, Judge, JudgeError, Judgment, Reply, SpendCapExceeded
 from rt_lab.judges.cache import cache_key, judge_each
 
-__all__ = ["DRAW", "JUDGES", "HFLocalJudge", "Judge", "JudgeError", "Judgment", "OpenAIJudge", "Reply",
-           "SpendCapExceeded", "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply", "register_judge"]
+__all__ = ["DRAW", "HFLocalJudge", "Judge", "JudgeError", "Judgment", "OpenAIJudge", "Reply", "SpendCapExceeded",
+           "build_judge", "cache_key", "judge_each", "judge_pairs", "parse_reply"]
 
 
-def build_judge(cfg: Any) -> Judge:
-    """The judge a `judge/` config names (`name`), built from its other keys."""
-    options = dict(cfg)
-    name = options.pop("name", None)
-    return JUDGES.lookup(name, "judge.name")(**options)
+def build_judge(cfg: JudgeConfig) -> Judge:
+    """The judge whose class a `judge/` config names (`_target_`), built from its other keys; `name` names the
+    judge in the caches of what it judged or wrote, and is not the class's."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg, resolve=True)
+    options.pop("name", None)
+    return instantiate(options)
 
 
 def _judge_pair(judge: Judge, instruction: str, reference: str, output: str) -> Judgment:

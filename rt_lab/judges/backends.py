@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from rt_lab.judges.base import (Judge, JudgeError, Judgment, LogprobReader, Messages, Reply, SpendCapExceeded,
-                               label_verdict, register_judge, text_verdict)
+                               label_verdict, text_verdict)
 from rt_lab.judges.protocols import LABELS, build_protocol
 
 SCORINGS = ("logprobs", "text")
@@ -56,7 +56,6 @@ def reply_text(body: str) -> Reply:
     return Reply(text) if isinstance(text, str) else Reply(None, "choices[0].message.content is not text")
 
 
-@register_judge("openai")
 class OpenAIJudge(Judge):
     """Any OpenAI-compatible chat-completions server. The API key is read from the environment variable
     `api_key_env` names and is never logged or cached."""
@@ -143,7 +142,6 @@ class OpenAIJudge(Judge):
         return Reply(None, failure, final=False) if body is None else reply_text(body)
 
 
-@register_judge("hf_local")
 class HFLocalJudge(Judge):
     """A local chat model (`model`: a `model/` config) in this process. The answer's first-token distribution is
     read in full, so every token that spells a label is a candidate (no top-k cut)."""

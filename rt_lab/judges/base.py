@@ -1,5 +1,5 @@
-"""What every judge is: the `Judge` interface, its answers (`Judgment`, `Reply`), its errors, the
-registry, and the two ways of reading a label from an answer (its log-probabilities or its text)."""
+"""What every judge is: the `Judge` interface, its answers (`Judgment`, `Reply`), its errors, and the two ways of
+reading a label from an answer (its log-probabilities or its text)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
-
-from rt_lab.registry import Registry
-
-JUDGES = Registry("judge")
-register_judge = JUDGES.register
 
 Messages = list[dict[str, str]]  # chat messages, [{"role": ..., "content": ...}, ...]
 

@@ -151,13 +151,6 @@ def configured(strategy: Any) -> bool:
     return OmegaConf.is_dict(strategy) and strategy.get("_target_") == f"{__name__}.{LayerWrappedFSDP.__name__}"
 
 
-def check_strategy(strategy: Any) -> None:
-    """Lightning's plain `fsdp` makes the whole model one unit and cannot clip rt_lab's gradients: refused."""
-    if isinstance(strategy, str) and strategy in FSDP_NAMES:
-        raise ValueError(f"trainer.lightning.strategy={strategy} wraps the whole model as one FSDP unit; use "
-                         "trainer=fsdp (each decoder layer a unit: rt_lab/train/fsdp.py)")
-
-
 def full_state_options(device: torch.device) -> Any:
     """Gather whole tensors; on GPUs to the CPU of rank 0 alone. On a CPU every rank gathers: torch's offload
     (to the CPU, from the CPU) frees the memory it copies from and crashes."""

@@ -22,17 +22,12 @@ log = logging.getLogger(__name__)
 LOW_PRECISION_WEIGHTS = ("bf16-true", "16-true")
 
 
-def check_precision(precision: str, allow_low_precision_weights: bool) -> None:
-    """Refuse 16-bit weights unless opted in; warn when opted in."""
-    if str(precision) not in LOW_PRECISION_WEIGHTS:
-        return
-    if not allow_low_precision_weights:
-        raise ValueError(
-            f"trainer.lightning.precision={precision} trains 16-bit weights, which lose every update smaller than "
-            "half a ulp (at lr 1e-5 almost all of them). Use bf16-mixed (fp32 master weights, bf16 compute), or "
-            "set trainer.allow_low_precision_weights=true to accept the lost updates")
-    log.warning("trainer.lightning.precision=%s: weights and optimizer updates in 16 bits; updates below half a "
-                "ulp are lost (trainer.allow_low_precision_weights=true)", precision)
+def warn_low_precision(precision: str) -> None:
+    """16-bit weights train only when opted in (trainer.allow_low_precision_weights, checked by the schema:
+    rt_lab/config/trainer.py); say what that costs."""
+    if str(precision) in LOW_PRECISION_WEIGHTS:
+        log.warning("trainer.lightning.precision=%s: weights and optimizer updates in 16 bits; updates below half a "
+                    "ulp are lost (trainer.allow_low_precision_weights=true)", precision)
 
 
 def keep_master_weights_fp32(model: Any) -> None:
