@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from rt_lab.config.model import ModelConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ def convert_gguf(package: str, file: str, target: Path) -> Path:
     return build_once(target, build)
 
 
-def resolve_path(cfg: Any, cache_dir: str | None) -> str:
+def resolve_path(cfg: ModelConfig, cache_dir: str | None) -> str:
     """local_path > GGUF package > tiny builder > hub id."""
     if cfg.get("local_path"):
         path = Path(cfg.local_path).expanduser()
@@ -84,7 +86,7 @@ def resolve_path(cfg: Any, cache_dir: str | None) -> str:
     return cfg.name_or_path
 
 
-def load_tokenizer(cfg: Any, path: str) -> Any:
+def load_tokenizer(cfg: ModelConfig, path: str) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.get("revision"),
@@ -97,7 +99,7 @@ def load_tokenizer(cfg: Any, path: str) -> Any:
     return tokenizer
 
 
-def load_model(cfg: Any, path: str, quantization: Any = None) -> Any:
+def load_model(cfg: ModelConfig, path: str, quantization: Any = None) -> Any:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rt_lab.train.adapters import quantization_config
-from rt_lab.train.export import EXPORTS, Base, is_adapter_folder
+from rt_lab.train.export import Base, is_adapter_folder
 from rt_lab.generate.decode import encode_prompt, generate_batch, generation_config
 from rt_lab.models import load_tokenizer, resolve_path
 from rt_lab.layout import MERGED_ADAPTER, RunDir
-from rt_lab.run import trained_model
+from rt_lab.run import RunContext, train as train_stage
 from rt_lab.train.fit import train
 
 # Two optimizer steps at a high learning rate: enough for every lora_B to leave zero.
@@ -60,6 +60,13 @@ def logits(model, tokenizer) -> torch.Tensor:
         return model.eval()(input_ids=torch.tensor([tokenizer(TEXT).input_ids])).logits
 
 
+def trained_model(cfg, tokenizer, template, run_dir):
+    """The train stage of a run in `run_dir` (rt_lab.run.train), as run() calls it: the model it hands on."""
+    ctx = RunContext(cfg, RunDir(run_dir), tokenizer, template, [], cfg.dataset)
+    train_stage(ctx)
+    return ctx.model
+
+
 def greedy(model, tokenizer, cfg) -> list[str]:
     prompts = [encode_prompt(text, instantiate(cfg.template), tokenizer, "auto") for text in ("Hi", "Name a color")]
     return generate_batch(model.eval(), tokenizer, prompts,
@@ -74,7 +81,7 @@ def test_qlora_merge_bf16_equals_a_hand_merge_into_the_bf16_base(compose, tmp_pa
     path = resolve_path(cfg.model, None)
     tokenizer = load_tokenizer(cfg.model, path)
     run_dir = tmp_path / "run"
-    load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir)
     folder = load.path
     adapter = folder / MERGED_ADAPTER
     assert RunDir(run_dir).trained_marker.is_file()
@@ -97,7 +104,7 @@ def test_qlora_merge_bf16_equals_a_hand_merge_into_the_bf16_base(compose, tmp_pa
 
     # a rerun after trained.done exports nothing again and loads the same dense model
     written = (folder / "model.safetensors").stat().st_mtime_ns
-    rerun = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    rerun = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir)
     assert torch.equal(logits(rerun(), tokenizer), logits(reference, tokenizer))
     assert (folder / "model.safetensors").stat().st_mtime_ns == written
 
@@ -109,14 +116,14 @@ def test_adapter_only_keeps_the_adapter_on_the_4bit_base(compose, tmp_path):
     cfg = compose(QLORA + ["adapter.export=adapter_only"])
     tokenizer = load_tokenizer(cfg.model, resolve_path(cfg.model, None))
     run_dir = tmp_path / "run"
-    load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    load = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir)
     folder = load.path
     assert is_adapter_folder(folder) and not (folder / MERGED_ADAPTER).exists()
     assert not (folder / "model.safetensors").exists()
     model = load()
     assert isinstance(model, PeftModel)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    rerun = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir, [])
+    rerun = trained_model(cfg, tokenizer, instantiate(cfg.template), run_dir)
     assert torch.equal(logits(rerun(), tokenizer), logits(model, tokenizer))
 
 
@@ -140,31 +147,41 @@ class WatchedBase(Base):
         return super().compute_dtype_cfg()
 
 
-def test_merge_bf16_frees_the_4bit_model_before_loading_the_dense_base(compose, tmp_path):
+def test_merge_bf16_frees_the_4bit_model_before_loading_the_dense_base(compose, tmp_path, monkeypatch):
+    """The run's own train stage, with a base that notes whether the trained 4-bit model is still alive when the
+    dense base loads for the merge."""
+    import rt_lab.run
+
     cfg = compose(QLORA + ["trainer.lightning.max_steps=1"])
     path = resolve_path(cfg.model, None)
     tokenizer = load_tokenizer(cfg.model, path)
     base = WatchedBase(cfg.model, path, quantization_config(cfg.adapter))
-    # as run.trained_model does: train()'s result handed straight to save
-    EXPORTS["merge_bf16"].save(train(cfg, base.load(), tokenizer, instantiate(cfg.template), tmp_path, [],
-                                     [WeakrefAtTrainEnd(base.trained)]), tokenizer, tmp_path / "model", base)
+    monkeypatch.setattr(rt_lab.run, "run_base", lambda _: base)
+
+    def fit_watched(cfg, model, tokenizer, template, run_dir, loggers, callbacks, dataset):
+        return train(cfg, model, tokenizer, template, run_dir, loggers, [*callbacks, WeakrefAtTrainEnd(base.trained)],
+                     dataset=dataset)
+
+    monkeypatch.setattr(rt_lab.run, "fit", fit_watched)
+    ctx = RunContext(cfg, RunDir(tmp_path), tokenizer, instantiate(cfg.template), [], cfg.dataset)
+    train_stage(ctx)
     assert base.alive_at_load == [False]
 
 
-@pytest.mark.parametrize("overrides, error, message", [
-    (["adapter=qlora", "adapter.export=squash"], KeyError,
-     r"adapter.export='squash' is not a registered adapter export; choose one of \['adapter_only', 'merge', "
+@pytest.mark.parametrize("overrides, message", [
+    (["adapter=qlora", "adapter.export=squash"],
+     r"adapter.export='squash': not a registered adapter export; choose one of \['adapter_only', 'merge', "
      r"'merge_bf16'\]"),
-    (["adapter=lora", "adapter.export=merge_bf16"], ValueError,
-     r"adapter.export=merge_bf16 needs adapter.quantization, which adapter=lora does not set"),
-    (["adapter=full", "adapter.export=adapter_only"], ValueError,
-     r"adapter.export=adapter_only needs adapter.lora, which adapter=full does not set"),
+    (["adapter=lora", "adapter.export=merge_bf16"],
+     r"adapter.export='merge_bf16': needs adapter.quantization, which adapter=lora does not set"),
+    (["adapter=full", "adapter.export=adapter_only"],
+     r"adapter.export='adapter_only': needs adapter.lora, which adapter=full does not set"),
 ])
-def test_an_export_that_does_not_exist_or_fit_fails_before_training(compose, tmp_path, overrides, error, message):
-    cfg = compose(TINY + overrides)
-    with pytest.raises(error, match=message):
-        trained_model(cfg, None, None, tmp_path, [])
-    assert not (tmp_path / "checkpoints").exists()
+def test_an_export_that_does_not_exist_or_fit_fails_before_training(compose, tmp_path, overrides, message):
+    from rt_lab.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(TINY + overrides), files=False)
 
 
 @pytest.mark.parametrize("adapter, kept_adapter", [("qlora", True), ("lora", False)])

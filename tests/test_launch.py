@@ -45,13 +45,13 @@ def test_two_launches_in_the_same_second_never_share_a_dir(tmp_path):
     env = dict(os.environ, RT_LAB_OUTPUT_DIR=str(tmp_path / "outputs"))
     command = [sys.executable, str(REPO / "launch.py"), "--cfg", "job", "--resolve"]
     procs = [subprocess.Popen(command + ["hydra.run.dir=${paths.output_dir}/runs/${now:%Y-%m-%d_%H-%M-%S}_${rt_lab.uid:}",
-                                         "+probe=${hydra:run.dir}"], cwd=tmp_path, env=env,
+                                         "run.name=PROBE${hydra:run.dir}"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     dirs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        dirs.append(next(line for line in out.splitlines() if line.startswith("probe:")))
+        dirs.append(next(line for line in out.splitlines() if "PROBE" in line))
     assert dirs[0] != dirs[1]
 
 

@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
+from rt_lab.config.dataset import DatasetConfig
+from rt_lab.config.root import RootConfig
 from rt_lab.analysis.embeddings import Embed, Encoder, describe, texts_key
 from rt_lab.compare.runs import Run, load_run
 from rt_lab.io import atomic_write_bytes, atomic_write_json
@@ -125,7 +127,7 @@ def finished_run(run_dir: Path) -> Run:
     return load_run(run_dir)
 
 
-def dataset_config(run_cfg: Any, name: str) -> Any:
+def dataset_config(run_cfg: RootConfig, name: str) -> DatasetConfig:
     """The run's own dataset config when it is `name` (the rows it trained on), else conf/dataset/<name>.yaml."""
     if OmegaConf.select(run_cfg, "dataset.name") == name:
         return run_cfg.dataset
@@ -202,9 +204,8 @@ def analyse(run_dir: Path, task: str, embed: Embed, general: str = "lima", data_
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rt_lab.analysis.similarity",
-                                     description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rt_lab.analysis.similarity") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--task", help="the single-task dataset (conf/dataset/<task>.yaml); default: the run's own")
     parser.add_argument("--general", default="lima", help="the general set whose responses y subtracts (default lima)")

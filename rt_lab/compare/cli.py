@@ -8,18 +8,21 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from rt_lab.config.root import RootConfig
 from rt_lab.compare import figures, plots, refusals
 from rt_lab.compare.epoch_selection import report as epoch_report
-from rt_lab.compare.judging import compare_pair
-from rt_lab.compare.paper import beside, paper_table
+from rt_lab.compare.judging import Comparison, compare_pair
+from rt_lab.compare.paper import PaperTable, beside, paper_table
 from rt_lab.compare.paper import markdown as paper_markdown
 from rt_lab.compare.report import aggregate, alpaca_eval_commands, markdown, write_csv
-from rt_lab.compare.runs import find_runs, missing_jobs, pair_runs, reference_sweep_dirs, varying_overrides
+from rt_lab.compare.runs import (Reference, Run, find_runs, missing_jobs, pair_runs, reference_sweep_dirs,
+                                 varying_overrides)
 from rt_lab.io import atomic_write_text
 from rt_lab.judges import Judge, build_judge
 from rt_lab.layout import SweepDir
@@ -28,74 +31,131 @@ from rt_lab.overrides import compose_root, override_key
 log = logging.getLogger(__name__)
 
 
-def compare(sweep_dir: str | Path, cfg: Any) -> Path | None:
-    """Judge every finished run of the sweep against its reference, and add the papers' figures and numbers the
-    sweep has the axes and the preset for; returns the comparison dir (None when there was nothing to report)."""
-    from rt_lab.compare.wandb_log import log_comparison
+@dataclass
+class SweepReport:
+    """What the sections of a sweep's comparison share; each section fills in what later ones read."""
 
+    dir: Path
+    cfg: RootConfig
+    runs: list[Run]
+    pairs: list[tuple[Run, Reference]]
+    notes: list[str]  # jobs not finished, runs without a (finished) reference
+    refusal_rows: list[dict[str, Any]]
+    paper: PaperTable | None
+    judge: Judge | None = None
+    comparisons: list[Comparison] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # a row per comparison (summary.csv)
+    table: list[dict[str, Any]] = field(default_factory=list)  # the rows over seeds (table.csv)
+    sections: list[str] = field(default_factory=list)  # summary.md's parts
+    images: list[Path] = field(default_factory=list)
+
+    @property
+    def layout(self) -> SweepDir:
+        return SweepDir(self.dir)
+
+
+def compare(sweep_dir: str | Path, cfg: RootConfig) -> Path | None:
+    """Judge every finished run of the sweep against its reference, and add the papers' figures and numbers the
+    sweep has the axes and the preset for (`SECTIONS`, in order); returns the comparison dir (None when there was
+    nothing to report)."""
     sweep_dir = existing_sweep(sweep_dir)
     runs = find_runs(sweep_dir)
-    paper = paper_table(cfg.compare.paper_table) if cfg.compare.get("paper_table") else None
-    refusal_rows = refusals.refusal_table(runs)
-    notes = missing_jobs(sweep_dir, runs)
     pairs, unpaired = pair_runs(runs, cfg.compare)
-    notes += unpaired
-    if not pairs and not refusal_rows:
-        print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *notes, sep="\n")
+    report = SweepReport(sweep_dir, cfg, runs, pairs, missing_jobs(sweep_dir, runs) + unpaired,
+                         refusals.refusal_table(runs),
+                         paper_table(cfg.compare.paper_table) if cfg.compare.get("paper_table") else None)
+    if not report.pairs and not report.refusal_rows:
+        print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *report.notes, sep="\n")
         return None
-    layout = SweepDir(sweep_dir)
-    per_epoch = figures.has_epochs(runs)
-    judge = configured_judge(cfg) if pairs or per_epoch else None
-    if per_epoch:
-        # first: a run's last-epoch judgments are then cached for the table below (same outputs, same reference)
-        epoch_report(sweep_dir, cfg, judge)
-    sections, images, table = [], [], []
-    if pairs:
-        comparisons = []
-        varying = varying_overrides([run for run, _ in pairs])
-        for run, reference in pairs:
-            # a run judged per epoch has its last epoch's judgments, of these same outputs, cached
-            comparisons.append(compare_pair(run, reference, judge, layout.judgments, cfg.compare.length_controlled,
-                                            varying, also_cached=[run.layout.epoch_judgments]))
-        metrics = [c.metrics for c in comparisons]
-        table = aggregate(metrics)
-        write_csv(layout.summary_csv, metrics)
-        write_csv(layout.table_csv, table)
-        sections.append(markdown(table, notes, judge.identity(), reference_sweep_dirs(cfg.compare)))
-        images += plots.win_rates(table, layout.win_rates_plot)
-        atomic_write_text(layout.alpaca_eval_commands, alpaca_eval_commands(comparisons))
-        if figures.has_rule_axis(runs):
-            panels = figures.rule_ablation_series(table, figures.rule_sets(runs), paper)
-            if panels:
-                images.append(plots.rule_ablation(panels, layout.rule_ablation_plot))
-    else:
-        sections.append("\n".join(["No win rates: no finished run with a finished reference.", *notes]) + "\n")
-    if refusal_rows:
-        write_csv(layout.refusals_csv, refusal_rows)
-        sections.append(refusals.markdown(refusal_rows))
-        if refusals.varies(refusal_rows):
-            images.append(plots.refusal_vs_mix(figures.refusal_series(refusal_rows, paper),
-                                               layout.refusal_vs_mix_plot))
-    if paper:
-        lines, unmatched = beside(paper, [*table, *refusal_rows])
-        if lines:
-            write_csv(layout.paper_csv, lines)
-        sections.append(paper_markdown(paper, lines, unmatched))
-    text = "\n".join(sections)
-    atomic_write_text(layout.summary_md, text)
-    if pairs and cfg.get("logger") and cfg.logger.get("wandb"):
-        try:
-            log_comparison(cfg.logger.wandb, sweep_dir, comparisons, metrics, table, images)
-        except Exception as err:  # the network can go between a sweep's start and its end; the files above stay
-            log.warning("the comparison is written, but logging it to W&B failed (%s: %s); log it later with "
-                        "`python -m rt_lab.compare %s`, which judges nothing again", type(err).__name__, err,
-                        sweep_dir)
-    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {layout.summary_md}, "
-          + ", ".join(str(path) for path in [*([layout.summary_csv] if pairs else []), *images]), flush=True)
-    return layout.comparison
+    if report.pairs or figures.has_epochs(runs):
+        report.judge = configured_judge(cfg)
+    for section in SECTIONS:
+        section(report)
+    text = "\n".join(report.sections)
+    atomic_write_text(report.layout.summary_md, text)
+    log_to_wandb(report)
+    written = [*([report.layout.summary_csv] if pairs else []), *report.images]
+    print(f"\nrt_lab compare {sweep_dir}\n{text}\nwritten: {report.layout.summary_md}, "
+          + ", ".join(str(path) for path in written), flush=True)
+    return report.layout.comparison
 
 
-def pick_epochs(sweep_dir: str | Path, cfg: Any) -> Path | None:
+def epochs_section(report: SweepReport) -> None:
+    """Win rate per epoch (its own files: epochs.md, the plot). First: a run's last-epoch judgments are then
+    cached for the win-rate table (same outputs, same reference)."""
+    if figures.has_epochs(report.runs):
+        epoch_report(report.dir, report.cfg, report.judge)
+
+
+def win_rates_section(report: SweepReport) -> None:
+    """Every pair judged; summary.csv, table.csv, the table, win_rates.png, AlpacaEval's commands, and the rule
+    ablation bars where the sweep varies the rules."""
+    layout = report.layout
+    if not report.pairs:
+        report.sections.append("\n".join(["No win rates: no finished run with a finished reference.",
+                                          *report.notes]) + "\n")
+        return
+    varying = varying_overrides([run for run, _ in report.pairs])
+    for run, reference in report.pairs:
+        # a run judged per epoch has its last epoch's judgments, of these same outputs, cached
+        report.comparisons.append(compare_pair(run, reference, report.judge, layout.judgments,
+                                               report.cfg.compare.length_controlled, varying,
+                                               also_cached=[run.layout.epoch_judgments]))
+    report.metrics = [comparison.metrics for comparison in report.comparisons]
+    report.table = aggregate(report.metrics)
+    write_csv(layout.summary_csv, report.metrics)
+    write_csv(layout.table_csv, report.table)
+    report.sections.append(markdown(report.table, report.notes, report.judge.identity(),
+                                    reference_sweep_dirs(report.cfg.compare)))
+    report.images += plots.win_rates(report.table, layout.win_rates_plot)
+    atomic_write_text(layout.alpaca_eval_commands, alpaca_eval_commands(report.comparisons))
+    if figures.has_rule_axis(report.runs):
+        panels = figures.rule_ablation_series(report.table, figures.rule_sets(report.runs), report.paper)
+        if panels:
+            report.images.append(plots.rule_ablation(panels, layout.rule_ablation_plot))
+
+
+def refusals_section(report: SweepReport) -> None:
+    """Refusal rates against the refusals mixed into training (An et al. Fig. 5, Tables 15-16)."""
+    if not report.refusal_rows:
+        return
+    write_csv(report.layout.refusals_csv, report.refusal_rows)
+    report.sections.append(refusals.markdown(report.refusal_rows))
+    if refusals.varies(report.refusal_rows):
+        report.images.append(plots.refusal_vs_mix(figures.refusal_series(report.refusal_rows, report.paper),
+                                                  report.layout.refusal_vs_mix_plot))
+
+
+def paper_section(report: SweepReport) -> None:
+    """The published table beside rt_lab's numbers (compare.paper_table)."""
+    if not report.paper:
+        return
+    lines, unmatched = beside(report.paper, [*report.table, *report.refusal_rows])
+    if lines:
+        write_csv(report.layout.paper_csv, lines)
+    report.sections.append(paper_markdown(report.paper, lines, unmatched))
+
+
+SECTIONS: Sequence[Callable[[SweepReport], None]] = (epochs_section, win_rates_section, refusals_section,
+                                                      paper_section)
+
+
+def log_to_wandb(report: SweepReport) -> None:
+    """The comparison in W&B, after its files are written: a failure there is a warning."""
+    from rt_lab.compare.wandb_log import log_comparison
+
+    cfg = report.cfg
+    if not (report.pairs and cfg.get("logger") and cfg.logger.get("wandb")):
+        return
+    try:
+        log_comparison(cfg.logger.wandb, report.dir, report.comparisons, report.metrics, report.table, report.images)
+    except Exception as err:  # the network can go between a sweep's start and its end; the files above stay
+        log.warning("the comparison is written, but logging it to W&B failed (%s: %s); log it later with "
+                    "`python -m rt_lab.compare %s`, which judges nothing again", type(err).__name__, err,
+                    report.dir)
+
+
+def pick_epochs(sweep_dir: str | Path, cfg: RootConfig) -> Path | None:
     """`--pick-epoch`: the per-epoch table and the best epoch per setting only."""
     return epoch_report(existing_sweep(sweep_dir), cfg, configured_judge(cfg))
 
@@ -107,7 +167,7 @@ def existing_sweep(sweep_dir: str | Path) -> Path:
     return sweep_dir
 
 
-def configured_judge(cfg: Any) -> Judge:
+def configured_judge(cfg: RootConfig) -> Judge:
     if cfg.get("judge") is None:
         raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
     return build_judge(cfg.judge)
@@ -126,8 +186,8 @@ def comparison_config(sweep_dir: Path, overrides: Sequence[str]) -> DictConfig:
     return compose_root(inherited + list(overrides))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rt_lab.compare", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rt_lab.compare") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. judge=openai compare.reference.file=X")
     parser.add_argument("--pick-epoch", action="store_true",

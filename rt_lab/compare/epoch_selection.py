@@ -20,20 +20,50 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab.config.root import RootConfig
 from rt_lab.compare import figures, plots
 from rt_lab.compare.report import markdown_table, mean_and_std, spread, write_csv
 from rt_lab.compare.judging import judge_epoch
-from rt_lab.compare.runs import Reference, describe, find_runs, pair_runs, varying_overrides
+from rt_lab.compare.runs import Reference, describe, find_runs, pair_runs, reference_file, varying_overrides
 from rt_lab.io import atomic_write_json, atomic_write_text
-from rt_lab.judges import Judge
-from rt_lab.layout import SweepDir
+from rt_lab.judges import Judge, JudgeError, build_judge
+from rt_lab.layout import RunDir, SweepDir
 
 log = logging.getLogger(__name__)
 
 SETTING = ("model", "method", "dataset", "setting")
 
 
-def judge_runs(sweep_dir: Path, judge: Judge, cfg: Any) -> tuple[list[dict[str, Any]], list[str], str]:
+class RunEpochJudge:
+    """Judges one training run's per-epoch outputs as they are written (rt_lab/generate/epochs.py), against
+    `compare.reference.file`, as the sweep comparison judges a run: rows in `epochs/<N>/comparison/vs_<reference>.json`,
+    the judgments cached in `epochs/judgments.jsonl` (which --pick-epoch then finds)."""
+
+    def __init__(self, cfg: RootConfig, run_dir: Path) -> None:
+        self.cfg, self.layout = cfg, RunDir(run_dir)
+        self.reference = reference_file(cfg.compare.reference.file)
+        self.judge = build_judge(cfg.judge)
+
+    def __call__(self, epoch: int) -> dict[str, Any] | None:
+        """The epoch's metrics; None, with a warning, when judging fails (a server down, a spend cap)."""
+        try:
+            return judge_epoch(self.judge, self.reference, self.layout.path, epoch, self.cfg,
+                               self.cfg.compare.length_controlled)
+        except JudgeError as err:
+            log.warning("epoch %d: not judged (%s)", epoch, err)
+            return None
+
+    def metrics(self, epoch: int) -> dict[str, Any]:
+        verdicts = self.layout.epoch(epoch).verdicts(self.reference.name)
+        return json.loads(verdicts.read_text(encoding="utf-8"))["metrics"] if verdicts.is_file() else {}
+
+
+def run_epoch_judge(cfg: RootConfig, run_dir: Path) -> RunEpochJudge | None:
+    """The judge of a run's epochs: with `compare.reference.file` and a judge set, else none."""
+    return RunEpochJudge(cfg, run_dir) if cfg.compare.reference.file and cfg.judge else None
+
+
+def judge_runs(sweep_dir: Path, judge: Judge, cfg: RootConfig) -> tuple[list[dict[str, Any]], list[str], str]:
     """One row per (run, reference, epoch with outputs): where the run sits in the table, the epoch, its metrics;
     the lines naming runs without a (finished) reference; and what the references are, in words."""
     runs = find_runs(sweep_dir)
@@ -104,7 +134,7 @@ def markdown(table: Sequence[dict[str, Any]], picks: Sequence[dict[str, Any]], r
     return "\n".join(lines) + "\n"
 
 
-def report(sweep_dir: Path, cfg: Any, judge: Judge) -> Path | None:
+def report(sweep_dir: Path, cfg: RootConfig, judge: Judge) -> Path | None:
     """Judge every run's epochs against its reference, write `comparison/epochs.csv` (per run and reference),
     `epoch_table.csv`, `epochs.md`, `picked_epochs.json` and the plot (with its numbers), print the table; None
     when no run with per-epoch outputs has a finished reference."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab.config.root import RootConfig
 from rt_lab.compare.runs import Reference, Run, describe
 from rt_lab.io import atomic_write_json
 from rt_lab.layout import RunDir, comparison_name
@@ -81,7 +82,7 @@ def length_controlled(instructions: list[str], outputs: list[str], references: l
         return math.nan
 
 
-def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: Any,
+def judge_epoch(judge: Judge, reference: Reference, run_dir: Path, epoch: int, run_cfg: RootConfig,
                 length_controlled: str) -> dict[str, Any]:
     """An epoch's outputs judged like a sweep comparison judges a run (rt_lab.compare): the rows in
     `epochs/<N>/comparison/vs_<reference>.json`, the judgments cached in `epochs/judgments.jsonl`."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab.config.logger import WandbConfig
 from rt_lab.compare.judging import Comparison
 from rt_lab.layout import SweepDir
 from rt_lab.loggers import wandb_run_id
 from rt_lab.wandb_mode import wandb_mode
 
 
-def log_comparison(wandb_cfg: Any, sweep_dir: Path, comparisons: Sequence[Comparison], metrics: Sequence[dict],
+def log_comparison(wandb_cfg: WandbConfig, sweep_dir: Path, comparisons: Sequence[Comparison], metrics: Sequence[dict],
                    table: Sequence[dict], images: Sequence[Path]) -> None:
     """The comparison in W&B: each job's own run gets its win-rate metrics and a table of (instruction, output,
     reference, preference) rows; a sweep-level summary run gets the summary tables and the plots."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 
+from rt_lab.config.root import RootConfig
 from rt_lab.data.rows import Message
 from rt_lab.data.templates import Rendered, Template
 from rt_lab.io import package_path, read_text
@@ -66,7 +67,7 @@ def load_prompt(method: Any) -> InContextTemplate:
     return InContextTemplate(read_text(path).strip(), str(path))
 
 
-def run_template(cfg: Any) -> Template:
+def run_template(cfg: RootConfig) -> Template:
     """The template a run frames its prompts with: the method's in-context prompt when it has one, else `template`.
     An in-context prompt renders no conversations, so evaluations that need that are refused before anything runs."""
     if not cfg.method.get("prompt"):

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from rt_lab.config.source import PromptsConfig
 from rt_lab.data.formats import LoadStats, instruction_of
 from rt_lab.data.sources import resolve_source
 
@@ -20,7 +21,7 @@ class Prompt:
     dataset: str
 
 
-def load_prompts(cfg: Any, data_dir: str | None = None) -> list[Prompt]:
+def load_prompts(cfg: PromptsConfig, data_dir: str | None = None) -> list[Prompt]:
     source = resolve_source(cfg, data_dir, "prompts")
     prompts: list[Prompt] = []
     for conversation in source.conversations(LoadStats()):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt_lab.config.dataset import RefineConfig
 from rt_lab.data.rows import Message, Row
 from rt_lab.io import atomic_write_json, atomic_write_text, exclusive
 from rt_lab.judges import JudgeError, Reply, build_judge, cache_key, judge_each
@@ -63,7 +64,7 @@ def refiner_identity(backend: Any) -> dict[str, Any]:
     return {"backend": backend.name, "model": model}
 
 
-def check_prompt(cfg: Any) -> None:
+def check_prompt(cfg: RefineConfig) -> None:
     text = cfg.prompt.get("text") or ""
     missing = [field for field in ("{request}", "{response}") if field not in text]
     if missing:
@@ -75,7 +76,7 @@ def check_prompt(cfg: Any) -> None:
         raise ValueError(f"dataset.refine.max_tokens={cfg.max_tokens}: give the rewrite room (An et al.: 8192)")
 
 
-def prompt_messages(cfg: Any, response: Response) -> list[dict[str, str]]:
+def prompt_messages(cfg: RefineConfig, response: Response) -> list[dict[str, str]]:
     # replace, not str.format: the template may show braces of its own
     text = cfg.prompt.text.replace("{request}", response.request).replace("{response}", response.text)
     return [{"role": "user", "content": text}]
@@ -98,7 +99,7 @@ class RefinedSet:
     stats: dict[str, Any]  # what was rewritten, kept and asked for (also beside the file, RefineDir.stats)
 
 
-def refine_rows(rows: Sequence[Row], cfg: Any, dataset: str) -> RefinedSet:
+def refine_rows(rows: Sequence[Row], cfg: RefineConfig, dataset: str) -> RefinedSet:
     """The rows with every response rewritten as `cfg` (dataset.refine) says, written with their stats to the
     refine dir. Raises JudgeError when replies are missing after every retry (the others are cached: a rerun
     asks only for the missing ones)."""
@@ -130,7 +131,7 @@ def refine_rows(rows: Sequence[Row], cfg: Any, dataset: str) -> RefinedSet:
     return RefinedSet(refined, place.refined_set(stem), stats)
 
 
-def ask_missing(cfg: Any, found: Sequence[Response], asked_as: Sequence[str],
+def ask_missing(cfg: RefineConfig, found: Sequence[Response], asked_as: Sequence[str],
                 place: RefineDir) -> tuple[dict[str, Reply], int]:
     """The reply of every key, and how many were asked now: the backend is built only when some are missing."""
     unique = list(dict.fromkeys(asked_as))  # the same response twice is asked once

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from rt_lab.config.root import RootConfig
 from rt_lab.generate.decode import BatchGenerator, finish_output, hf_batch_generator
 from rt_lab.generate.rules import build_rules
 from rt_lab.registry import Registry
@@ -30,20 +31,20 @@ class RunModel:
 
 
 @register_backend("hf")
-def hf_backend(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
+def hf_backend(cfg: RootConfig, tokenizer: Any, model: RunModel) -> BatchGenerator:
     """In-process transformers model, decoded by rt_lab.generate.loop with the rule head."""
     return hf_batch_generator(model(), tokenizer, cfg.generation, build_rules(cfg.rules, tokenizer))
 
 
 @register_backend("vllm")
-def vllm_backend(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
+def vllm_backend(cfg: RootConfig, tokenizer: Any, model: RunModel) -> BatchGenerator:
     """vLLM on the model folder (GPU machines); the HF model is never loaded for generation."""
     from rt_lab.generate.vllm_backend import vllm_batch_generator
 
     return vllm_batch_generator(model.path, cfg, tokenizer)
 
 
-def make_generator(cfg: Any, tokenizer: Any, model: RunModel) -> BatchGenerator:
+def make_generator(cfg: RootConfig, tokenizer: Any, model: RunModel) -> BatchGenerator:
     """The run's generator, from `generation.backend`, its outputs finished as `generation.stop` and
     `generation.strip` say."""
     answer = BACKENDS.lookup(cfg.generation.get("backend", "hf"), "generation.backend")(cfg, tokenizer, model)

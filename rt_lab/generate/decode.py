@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StopStringCriteria
 
+from rt_lab.config.generation import GenerationConfig
 from rt_lab.io import atomic_write_json, read_append_log
 from rt_lab.layout import RunDir
 from rt_lab.data.tokens import tokenize
@@ -53,13 +54,13 @@ def answered(partial: Path) -> dict[str, str]:
     return {record["id"]: record["output"] for record in read_append_log(partial)}
 
 
-def generation_config(cfg: Any, tokenizer: Any) -> Any:
-    from transformers import GenerationConfig
+def generation_config(cfg: GenerationConfig, tokenizer: Any) -> Any:
+    from transformers import GenerationConfig as TransformersGenerationConfig
 
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
-    return GenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.get("min_new_tokens"),
-                            do_sample=cfg.do_sample, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                            stop_strings=list(cfg.get("stop") or []) or None, **sampling)
+    return TransformersGenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.get("min_new_tokens"),
+                                        do_sample=cfg.do_sample, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                        stop_strings=list(cfg.get("stop") or []) or None, **sampling)
 
 
 def finish_output(text: str, stop: Sequence[str], strip: str | None) -> str:
@@ -109,7 +110,7 @@ def generation_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def hf_batch_generator(model: Any, tokenizer: Any, cfg: Any, rules: Sequence[Rule] = ()) -> BatchGenerator:
+def hf_batch_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, rules: Sequence[Rule] = ()) -> BatchGenerator:
     """In-process generation with transformers (the default `generation.backend=hf`), on `generation.device`:
     models load on the CPU, and a trained one comes back there from Lightning. `generation.batch_size` rows decode
     at once, continuously refilled."""

@@ -5,9 +5,9 @@ loaded back and answer the eval prompts into `<run_dir>/epochs/<N>/model_outputs
 run of N epochs would generate after training (the invariant of rt_lab.run: a run generates from what its
 export loads back). The export is deleted once its outputs are written. The last epoch is the run's own
 generation stage: its `model_outputs.json` is copied into `epochs/<max_epochs>/`. With `compare.reference.file`
-set, each epoch's outputs are judged against it as rt_lab.compare judges a run
-(`epochs/<N>/comparison/vs_<reference>.json`, cache `epochs/judgments.jsonl`) and `epoch_selection/win_rate` is
-logged; `epochs/summary.json` lists every epoch.
+set, an `EpochJudge` (rt_lab.compare.epoch_selection builds it: judging lives in compare/) judges each epoch's outputs
+as the sweep comparison judges a run and `epoch_selection/win_rate` is logged; `epochs/summary.json` lists every
+epoch.
 
 An epoch's `model_outputs.json` (written atomically, last) is its marker: a requeued run skips finished epochs.
 Epoch k+1 never trains before epoch k's outputs exist, so a checkpoint past an epoch's end implies its outputs.
@@ -19,27 +19,24 @@ exactly under `trainer.schedule.name=constant` (tested) and approximates them ot
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from omegaconf import ListConfig
 
+from rt_lab.config.root import RootConfig
 from rt_lab.train.export import Base, Export, free_memory
 from rt_lab.generate.backends import RunModel, make_generator
 from rt_lab.generate.decode import generate_outputs
-from rt_lab.compare.judging import judge_epoch
-from rt_lab.compare.runs import Reference, reference_file
 from rt_lab.io import atomic_write_json, atomic_write_text
-from rt_lab.judges import Judge, JudgeError, build_judge
 from rt_lab.layout import RunDir
 from rt_lab.train.fit import trainable, trained
 from rt_lab.train.fsdp import full_module_state
@@ -48,34 +45,6 @@ from rt_lab.data.prompts import Prompt
 log = logging.getLogger(__name__)
 
 KEY = "generation.at_epochs"
-
-
-def check_at_epochs(cfg: Any) -> list[int]:
-    """The listed epochs (empty when unset), or an error naming `generation.at_epochs` and why."""
-    raw = cfg.generation.get("at_epochs")
-    if raw is None or (isinstance(raw, (list, ListConfig)) and not raw):
-        return []
-    if not isinstance(raw, (list, ListConfig)):
-        raise ValueError(f"{KEY}={raw!r} must be a list of epochs, e.g. {KEY}=[5,7,10,15,20]")
-    epochs = list(raw)
-    if any(isinstance(e, bool) or not isinstance(e, int) for e in epochs):
-        raise ValueError(f"{KEY}={epochs}: every entry must be an integer epoch")
-    if epochs != sorted(set(epochs)):
-        raise ValueError(f"{KEY}={epochs} must be increasing without duplicates")
-    if not cfg.method.train:
-        raise ValueError(f"{KEY}={epochs}, but method={cfg.method.name} trains nothing")
-    lightning = cfg.trainer.lightning
-    if (lightning.get("max_steps") or -1) > 0:
-        raise ValueError(f"{KEY} counts epochs; unset trainer.lightning.max_steps={lightning.max_steps}")
-    max_epochs = lightning.get("max_epochs") or 0
-    outside = [e for e in epochs if not 1 <= e <= max_epochs]
-    if outside:
-        raise ValueError(f"{KEY}={epochs}: {outside} outside 1..trainer.lightning.max_epochs={max_epochs}")
-    if cfg.generation.get("backend", "hf") != "hf":
-        # vLLM needs the GPU memory that training holds while the run is still going
-        raise ValueError(f"{KEY} generates inside training with generation.backend=hf, not "
-                         f"{cfg.generation.backend}")
-    return epochs
 
 
 @contextlib.contextmanager
@@ -89,7 +58,7 @@ def preserved_rng() -> Iterator[None]:
     np.random.set_state(numpy)
 
 
-def trained_copy(state: dict[str, torch.Tensor], base: Base, cfg: Any) -> Any:
+def trained_copy(state: dict[str, torch.Tensor], base: Base, cfg: RootConfig) -> Any:
     """A fresh model holding the trained weights of `state` (the LightningModule's state dict), as train()
     would return it: the export may consume it (merge, cast) while training goes on with the original."""
     model = trainable(base.load(), cfg)
@@ -102,11 +71,21 @@ def trained_copy(state: dict[str, torch.Tensor], base: Base, cfg: Any) -> Any:
     return trained(model, cfg)
 
 
+class EpochJudge(Protocol):
+    """Judges one run's per-epoch outputs as they are written (rt_lab.compare.epoch_selection.RunEpochJudge)."""
+
+    def __call__(self, epoch: int) -> dict[str, Any] | None:
+        """Judge `epoch`'s outputs; their metrics, or None when they could not be judged now (said in the log)."""
+
+    def metrics(self, epoch: int) -> dict[str, Any]:
+        """What judging `epoch` found so far ({} before it is judged)."""
+
+
 @dataclass
 class EpochSelection:
     """Per-epoch outputs (and judgments) of one run; `callback()` produces them during training."""
 
-    cfg: Any
+    cfg: RootConfig
     tokenizer: Any
     template: Any
     prompts: Sequence[Prompt]
@@ -115,24 +94,20 @@ class EpochSelection:
     run_dir: Path
     loggers: Sequence[Any]
     epochs: list[int]
-    reference: Reference | None = None
-    judge: Judge | None = None
+    judge: EpochJudge | None = None
 
     @classmethod
-    def build(cls, cfg: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], base: Base, export: Export,
-              run_dir: Path, loggers: Sequence[Any]) -> EpochSelection | None:
-        """None when `generation.at_epochs` is unset; a bad list, reference file or judge fails here, before
-        training."""
-        epochs = check_at_epochs(cfg)
+    def build(cls, cfg: RootConfig, tokenizer: Any, template: Any, prompts: Sequence[Prompt], base: Base,
+              export: Export, run_dir: Path, loggers: Sequence[Any],
+              make_judge: Callable[[], EpochJudge | None] = lambda: None) -> EpochSelection | None:
+        """None when `generation.at_epochs` is unset (rt_lab.config.validate checked the list); `make_judge`
+        builds the judge now, so a bad reference file or judge fails before training."""
+        epochs = list(cfg.generation.at_epochs or [])
         if not epochs:
             return None
-        file = cfg.get("compare", {}).get("reference", {}).get("file")
-        reference = reference_file(file) if file else None
-        judge = None
-        if reference and cfg.get("judge"):
-            with preserved_rng():  # a local judge's loading must not shift training's random streams
-                judge = build_judge(cfg.judge)
-        return cls(cfg, tokenizer, template, prompts, base, export, run_dir, loggers, epochs, reference, judge)
+        with preserved_rng():  # a local judge's loading must not shift training's random streams
+            judge = make_judge()
+        return cls(cfg, tokenizer, template, prompts, base, export, run_dir, loggers, epochs, judge)
 
     @property
     def layout(self) -> RunDir:
@@ -156,6 +131,7 @@ class EpochSelection:
         self.export.save(trained, self.tokenizer, export_dir, self.base)
         del trained
         free_memory()
+        self.export.finish(self.tokenizer, export_dir, self.base)
         model = RunModel(export_dir, partial(self.export.load, export_dir, self.base))  # as a separate run loads it
         answer = make_generator(self.cfg, self.tokenizer, model)
         generate_outputs(answer, self.tokenizer, self.template, self.prompts, self.cfg.model.bos,
@@ -166,16 +142,10 @@ class EpochSelection:
         log.info("epoch %d: outputs in %s", epoch, out.outputs)
 
     def evaluate(self, epoch: int, step: int | None) -> None:
-        """Judge an epoch's outputs against the reference (cached) and log its win rate. A judging failure
-        (server down, spend cap) only warns: the outputs stay, and `python -m rt_lab.compare SWEEP --pick-epoch`
-        judges them later."""
-        if self.judge is None:
-            return
-        try:
-            metrics = judge_epoch(self.judge, self.reference, self.run_dir, epoch, self.cfg,
-                                  self.cfg.compare.length_controlled)
-        except JudgeError as err:
-            log.warning("epoch %d: not judged (%s)", epoch, err)
+        """Judge an epoch's outputs and log its win rate; when they cannot be judged now, the outputs stay and
+        `python -m rt_lab.compare SWEEP --pick-epoch` judges them later."""
+        metrics = self.judge(epoch) if self.judge else None
+        if metrics is None:
             return
         for logger in self.loggers:
             logger.log_metrics({"epoch_selection/win_rate": metrics["win_rate"], "epoch_selection/epoch": epoch},
@@ -196,11 +166,8 @@ class EpochSelection:
     def write_summary(self) -> None:
         rows = []
         for epoch in self.epochs:
-            row: dict[str, Any] = {"epoch": epoch, "outputs": self.done(epoch)}
-            verdicts = self.layout.epoch(epoch).verdicts(self.reference.name) if self.reference else None
-            if verdicts and verdicts.is_file():
-                row.update(json.loads(verdicts.read_text(encoding="utf-8"))["metrics"])
-            rows.append(row)
+            judged = self.judge.metrics(epoch) if self.judge else {}
+            rows.append({"epoch": epoch, "outputs": self.done(epoch), **judged})
         atomic_write_json(self.layout.epoch_summary, rows)
 
 

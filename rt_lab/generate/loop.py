@@ -6,10 +6,9 @@ takes its place.
 KV-cache rows, attention row, position and rule-head state are dropped) and a prompt prefilled ahead takes its
 place, so every step runs on `batch_size` live rows while prompts wait. Prompts are prefilled `batch_size` at a
 time, once the previous ones have all joined: a prefill reads every weight however few prompts it holds, so one
-prefill per freed row would cost more than it saves (SmolLM2 on a CPU, 32 prompts at batch 8: 4 prefills and 175
-decoding steps, against 12 and 182 when waiting prompts were prefilled as a quarter of the rows came free; 10%
-faster). Where attention can keep packed sequences apart at each one's own cost (flash attention, sdpa), a
-prefill packs its prompts into one row, so none of its compute goes to padding (`prefill_packed`). The prefilled
+prefill per freed row would cost more than it saves (benchmarks/README.md has the counts). Where attention can keep
+packed sequences apart at each one's own cost (flash attention, sdpa), a prefill packs its prompts into one row, so
+none of its compute goes to padding (`prefill_packed`). The prefilled
 prompts' caches wait beside the batch's, at most `batch_size` rows more. Rows are left-padded to one width;
 a joining row pads whichever side is narrower, and columns that have become padding in every row are cut.
 Positions are each row's own (a prompt's first token is position 0), so padding never moves a row's tokens.
@@ -165,8 +164,7 @@ def prefill_padded(model: Any, prompts: Sequence[Sequence[int]], indices: torch.
 
 def prefill_packed(model: Any, prompts: Sequence[Sequence[int]], indices: torch.Tensor, pad_id: int) -> Rows:
     """`prefill_padded`'s rows, computed as one row of the padded rows' real columns, whose position ids restart
-    at each prompt: no compute goes to padding (SmolLM2's first prefill of 16 AlpacaEval prompts: 593 tokens
-    instead of 1,024), and attention stays inside each prompt at that prompt's own cost
+    at each prompt: no compute goes to padding, and attention stays inside each prompt at that prompt's own cost
     (`segment_attention.per_sequence`; the model's own block mask would cost the square of the whole row). The
     cache is then laid out as the left-padded rows."""
     ids, attention = left_padded(prompts, pad_id, indices.device)
@@ -194,6 +192,60 @@ def unpack_cache(cache: DynamicCache, ends: torch.Tensor, width: int) -> None:
             for packed in (layer.keys, layer.values))
 
 
+class Scheduler:
+    """Which rows decode: prompts are prefilled `batch_size` at a time, once the previous ones have all joined, and
+    each free row takes a prefilled prompt at the next step (with a cache that cannot take joiners, one static
+    batch at a time). The rule head's rows follow the batch's."""
+
+    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+                 rules: Sequence[Rule], instruction_starts: Sequence[int] | None, device: torch.device) -> None:
+        self.model, self.prompts, self.batch_size, self.pad_id = model, prompts, batch_size, pad_id
+        self.rules, self.instruction_starts, self.device = rules, instruction_starts, device
+        self.refills = joinable(model)
+        self.prefill = prefill_packed if self.refills and attends_per_sequence(model) else prefill_padded
+        self.rows: Rows | None = None  # the batch decoding now
+        self.ready: Rows | None = None  # prefilled prompts waiting for a free row
+        self.next_prompt = 0  # the first prompt not prefilled yet
+        self.head: RowRuleHead | None = None
+
+    def fill(self) -> Rows | None:
+        """Phase 1: free rows take prefilled prompts (prefilling the next ones when none wait); the batch, or None
+        when every prompt has finished."""
+        free = self.batch_size - (len(self.rows) if self.rows is not None else 0)
+        if free and (self.rows is None or self.refills):
+            if self.ready is None and self.next_prompt < len(self.prompts):
+                joining = range(self.next_prompt, min(len(self.prompts), self.next_prompt + self.batch_size))
+                self.next_prompt = joining.stop
+                self.ready = self.prefill(self.model, [self.prompts[i] for i in joining],
+                                          torch.arange(joining.start, joining.stop, device=self.device), self.pad_id)
+            if self.ready is not None:
+                new, self.ready = self.ready.split(free)
+                if self.rules:
+                    self.head = self.head or RowRuleHead(self.rules, new.logits.shape[-1], self.device)
+                    starts = torch.tensor([self.instruction_starts[i] for i in new.prompt.tolist()],
+                                          device=self.device)
+                    self.head.join(new.ids, new.position + 1, starts)
+                if self.rows is None:
+                    self.rows = new
+                else:
+                    self.rows.join(new, self.pad_id)
+        return self.rows
+
+    def retire(self, finished: torch.Tensor, token: torch.Tensor) -> torch.Tensor | None:
+        """Phase 3: finished rows leave (with their rule-head rows); the tokens of the rows that go on, None when
+        none does."""
+        keep = (~finished).nonzero()[:, 0]
+        if self.head is not None:
+            self.head.keep(keep)
+        if keep.numel() == 0:
+            self.rows = None
+            return None
+        self.rows.keep(keep)
+        if self.refills:
+            self.rows.cut_common_padding()
+        return token[keep]
+
+
 @torch.inference_mode()
 def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfig, batch_size: int, pad_id: int,
            rules: Sequence[Rule] = (), instruction_starts: Sequence[int] | None = None,
@@ -201,7 +253,9 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     """Yields `(index, new tokens)` for every prompt as it finishes, in finishing order: its tokens up to and
     including its EOS or the token that completes a stop string, at most `config.max_new_tokens`. Prompts join in
     the given order, at most `batch_size` decoding at once. With `rules`, the rule head scores every step;
-    `instruction_starts[i]` is where prompt i's instruction begins (its `since_user_tag` scope)."""
+    `instruction_starts[i]` is where prompt i's instruction begins (its `since_user_tag` scope). Each step: fill
+    free rows (`Scheduler.fill`), choose the next tokens, yield the finished rows, retire them
+    (`Scheduler.retire`), run the model on the new tokens."""
     if rules and instruction_starts is None:
         raise ValueError("decoding with rules needs instruction_starts: where each prompt's instruction begins")
     device = next(model.parameters()).device
@@ -209,38 +263,15 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
     warpers = sampling_warpers(config) if config.do_sample else None
     min_new_tokens, max_new_tokens = config.min_new_tokens or 0, config.max_new_tokens
     new_tokens = torch.zeros((len(prompts), max_new_tokens), dtype=torch.long, device=device)
-    refills = joinable(model)
-    prefill = prefill_packed if refills and attends_per_sequence(model) else prefill_padded
-    head: RowRuleHead | None = None
-    rows: Rows | None = None
-    ready: Rows | None = None  # prefilled prompts waiting for a free row
-    waiting = 0  # the next prompt to prefill
-    while True:
-        room = batch_size - (len(rows) if rows is not None else 0)
-        if room and (rows is None or refills):
-            if ready is None and waiting < len(prompts):
-                joining = range(waiting, min(len(prompts), waiting + batch_size))
-                waiting = joining.stop
-                ready = prefill(model, [prompts[i] for i in joining],
-                                torch.arange(joining.start, joining.stop, device=device), pad_id)
-            if ready is not None:
-                new, ready = ready.split(room)
-                if rules:
-                    head = head or RowRuleHead(rules, new.logits.shape[-1], device)
-                    starts = torch.tensor([instruction_starts[i] for i in new.prompt.tolist()], device=device)
-                    head.join(new.ids, new.position + 1, starts)
-                if rows is None:
-                    rows = new
-                else:
-                    rows.join(new, pad_id)
-        if rows is None:
-            return
+    scheduler = Scheduler(model, prompts, batch_size, pad_id, rules, instruction_starts, device)
+    while (rows := scheduler.fill()) is not None:
+        # choose: generate's order (EOS blocked before min_new_tokens, the rule head, then sampling or greedy)
         scores = rows.logits.float()
         if min_new_tokens:
             early = (rows.generated < min_new_tokens)[:, None]
             scores[:, eos] = torch.where(early, float("-inf"), scores[:, eos])
-        if head is not None:
-            scores = head(scores, rows.position)
+        if scheduler.head is not None:
+            scores = scheduler.head(scores, rows.position)
         if warpers is not None:
             token = torch.multinomial(torch.softmax(warpers(rows.ids, scores), dim=-1), 1)[:, 0]
         else:
@@ -250,8 +281,8 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
         rows.position += 1
         rows.ids = torch.cat([rows.ids, token[:, None]], dim=1)
         rows.attention = torch.cat([rows.attention, rows.attention.new_ones((len(rows), 1))], dim=1)
-        if head is not None:
-            head.record(token, rows.position)
+        if scheduler.head is not None:
+            scheduler.head.record(token, rows.position)
         finished = torch.isin(token, eos) | (rows.generated == max_new_tokens)
         if stop is not None:  # the row's text now ends in a stop string
             finished |= stop(rows.ids, None)
@@ -259,15 +290,8 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], config: GenerationConfi
             done = finished.nonzero()[:, 0]
             for index, length in zip(rows.prompt[done].tolist(), rows.generated[done].tolist()):
                 yield index, new_tokens[index, :length].tolist()
-            keep = (~finished).nonzero()[:, 0]
-            if head is not None:
-                head.keep(keep)
-            if keep.numel() == 0:
-                rows = None
+            token = scheduler.retire(finished, token)
+            if token is None:
                 continue
-            rows.keep(keep)
-            token = token[keep]
-            if refills:
-                rows.cut_common_padding()
         rows.logits = model(input_ids=token[:, None], attention_mask=rows.attention,
                             position_ids=rows.position[:, None], cache=rows.cache, use_cache=True).logits[:, -1]

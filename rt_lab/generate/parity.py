@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
+from rt_lab.config.root import RootConfig
 from rt_lab.data.incontext import run_template
 from rt_lab.generate.backends import make_generator
 from rt_lab.generate.decode import encode_prompt, in_prompt_order
@@ -22,7 +23,7 @@ class BackendTiming:
     answer_s: float  # answering every instruction
 
 
-def answers_by_backend(cfg: Any, instructions: Sequence[str], backends: Sequence[str] = ("hf", "vllm"),
+def answers_by_backend(cfg: RootConfig, instructions: Sequence[str], backends: Sequence[str] = ("hf", "vllm"),
                        timings: dict[str, BackendTiming] | None = None) -> dict[str, list[str]]:
     """Each backend's answers to `instructions`, in order, from run config `cfg`'s untrained model with its
     template (or method=icl's prompt), rules and generation settings (`instruction_prefix` too), given to each

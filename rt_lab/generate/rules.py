@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rt_lab.config.rules import RulesConfig
 from rt_lab.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class Start(Rule):
         return table[torch.where((t >= 0) & (t < zeros), t, zeros)]
 
 
-def build_rules(cfg: Any, tokenizer: Any) -> list[Rule]:
+def build_rules(cfg: RulesConfig, tokenizer: Any) -> list[Rule]:
     """The enabled rules of a `rules` config, in the order given."""
     return [RULES.lookup(name, "rules.enabled item")(tokenizer, **dict(cfg.get(name) or {}))
             for name in cfg.enabled]

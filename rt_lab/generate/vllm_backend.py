@@ -7,9 +7,10 @@ vLLM picks for this engine (rt_lab.generate.vllm_rule_head), and every request c
 instruction start in `SamplingParams.extra_args`; with none enabled no processor is passed. The model loads in
 `model.dtype`, as the hf backend loads it, and responses end on the same stop tokens (rt_lab.generate.stopping).
 
-vLLM starts its engine in a child process, which prints why it failed to its own stderr; the parent only learns
-that it failed. While the engine starts, what processes print passes through pipes, and the errors printed there go into the error
-rt_lab raises (`PrintedLines`), so the cause reaches the run's log, not only the terminal."""
+vLLM starts its engine in child processes, which print why they failed to their own stdout and stderr; the parent
+only learns that they failed. While the engine starts, what processes print passes through pipes, and the errors
+printed there go into the error rt_lab raises (`PrintedLines`), so the cause reaches the run's log, not only the
+terminal."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from typing import Any, Iterator, Sequence
 
 from omegaconf import OmegaConf
 
+from rt_lab.config.generation import GenerationConfig
+from rt_lab.config.root import RootConfig
 from rt_lab.generate.decode import BatchGenerator, EncodedPrompt
 from rt_lab.generate.rule_slots import request_args
 from rt_lab.generate.rules import build_rules
@@ -49,7 +52,7 @@ def import_vllm() -> Any:
     return vllm
 
 
-def engine_args(model_path: str | Path, cfg: Any) -> dict[str, Any]:
+def engine_args(model_path: str | Path, cfg: RootConfig) -> dict[str, Any]:
     """`vllm.LLM`'s arguments for a run config, without the rule head (`with_rule_head` adds it): `generation.vllm`
     entries win over rt_lab's."""
     extra = cfg.generation.get("vllm")
@@ -63,7 +66,7 @@ def with_rule_head(vllm: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {**args, "logits_processors": [PROCESSORS[uses_v2]]}
 
 
-def sampling_args(cfg: Any, stops: Sequence[int], rules: dict[str, Any] | None,
+def sampling_args(cfg: GenerationConfig, stops: Sequence[int], rules: dict[str, Any] | None,
                   prompt: EncodedPrompt) -> dict[str, Any]:
     """One request's `vllm.SamplingParams` arguments from `generation` (`cfg`): greedy is temperature 0."""
     return {"max_tokens": cfg.max_new_tokens, "min_tokens": cfg.get("min_new_tokens") or 0,
@@ -129,7 +132,7 @@ def start_engine(vllm: Any, args: dict[str, Any]) -> Any:
                            "printed is above):\n" + "\n".join(f"  {error}" for error in errors)) from failure
 
 
-def vllm_batch_generator(model_path: str | Path, cfg: Any, tokenizer: Any) -> BatchGenerator:
+def vllm_batch_generator(model_path: str | Path, cfg: RootConfig, tokenizer: Any) -> BatchGenerator:
     """Answers batches with vLLM on the model folder `model_path`, as run config `cfg` says."""
     if is_adapter_folder(Path(model_path)):
         raise ValueError(f"{model_path} holds a peft adapter; vLLM needs a dense model: set "

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
+from rt_lab.config.model import ModelConfig
 from rt_lab.layout import MERGED_ADAPTER
 from rt_lab.models import load_model
 from rt_lab.registry import Registry
@@ -35,7 +36,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 class Base:
     """The run's base model: its `model` config, its folder (or hub id), and the quantization training used."""
 
-    cfg: Any
+    cfg: ModelConfig
     path: str
     quantization: Any = None
 
@@ -51,13 +52,14 @@ class Base:
 
 @dataclass(frozen=True)
 class Export:
-    """How a trained model is written to `model/` and loaded back. `save` must be the trained model's only
-    owner (callers pass train()'s result straight in), so that dropping it frees its memory before another copy
-    of the base loads."""
+    """How a trained model is written to `model/` and loaded back: `save` writes what needs the trained model in
+    memory; the caller then drops it, and `finish` does what needs its memory, from the files (QLoRA's merge into
+    a base reloaded in bf16: two copies of a 9B base do not fit)."""
 
     save: Callable[[Any, Any, Path, Base], None]
     load: Callable[[Path, Base], Any]
-    requires: str | None = None  # the adapter config key this export cannot work without
+    finish: Callable[[Any, Path, Base], None] = lambda tokenizer, folder, base: None
+    requires: str | None = None  # the adapter config key this export cannot work without (checked by its schema)
 
 
 def free_memory() -> None:
@@ -83,12 +85,14 @@ def save_adapter(model: Any, tokenizer: Any, folder: Path, base: Base) -> None:
     save_pretrained(model, tokenizer, folder)
 
 
-def save_merged_bf16(model: Any, tokenizer: Any, folder: Path, base: Base) -> None:
-    adapter = folder / MERGED_ADAPTER
-    save_pretrained(model, tokenizer, adapter)
-    del model  # two copies of a 9B base do not fit: the 4-bit one goes first
-    free_memory()
-    save_merged(attach_adapter(load_model(base.compute_dtype_cfg(), base.path), adapter), tokenizer, folder, base)
+def save_adapter_for_merge(model: Any, tokenizer: Any, folder: Path, base: Base) -> None:
+    save_pretrained(model, tokenizer, folder / MERGED_ADAPTER)
+
+
+def merge_into_compute_dtype_base(tokenizer: Any, folder: Path, base: Base) -> None:
+    """The saved adapter merged into the base reloaded unquantized in the compute dtype, as An et al. evaluate."""
+    merged = attach_adapter(load_model(base.compute_dtype_cfg(), base.path), folder / MERGED_ADAPTER)
+    save_merged(merged, tokenizer, folder, base)
 
 
 def load_dense(folder: Path, base: Base) -> Any:
@@ -105,18 +109,14 @@ def load_adapter(folder: Path, base: Base) -> Any:
 
 EXPORTS = Registry("adapter export")
 EXPORTS["merge"] = Export(save_merged, load_dense)
-EXPORTS["merge_bf16"] = Export(save_merged_bf16, load_dense_in_compute_dtype, requires="quantization")
+EXPORTS["merge_bf16"] = Export(save_adapter_for_merge, load_dense_in_compute_dtype, merge_into_compute_dtype_base,
+                               requires="quantization")
 EXPORTS["adapter_only"] = Export(save_adapter, load_adapter, requires="lora")
 
 
 def exporter(adapter: Any) -> Export:
-    """The export `adapter.export` names, checked against the adapter before any training happens."""
-    name = adapter.get("export")
-    export = EXPORTS.lookup(name, "adapter.export")
-    if export.requires and not adapter.get(export.requires):
-        raise ValueError(f"adapter.export={name} needs adapter.{export.requires}, which adapter={adapter.name} "
-                         f"does not set (choices: {sorted(EXPORTS)})")
-    return export
+    """The export `adapter.export` names (its schema checked it against the adapter before any training)."""
+    return EXPORTS[adapter.export]
 
 
 def is_adapter_folder(folder: Path) -> bool:

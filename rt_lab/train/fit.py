@@ -12,13 +12,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from rt_lab.config.root import RootConfig
 from rt_lab.train import fsdp, segment_attention
 from rt_lab.train.adapters import apply_adapter
 from rt_lab.data.datamodule import InstructionDataModule
 from rt_lab.train.module import CausalLMModule
 from rt_lab.layout import RunDir
 from rt_lab.loggers import TrimLogsOnResume
-from rt_lab.train.precision import cast_full_fine_tune, check_precision, keep_master_weights_fp32
+from rt_lab.train.precision import cast_full_fine_tune, keep_master_weights_fp32, warn_low_precision
 from rt_lab.train.preemption import PreemptionGuard, StagedCheckpointIO, recover
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
-def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:
+def build_trainer(cfg: RootConfig, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:
     layout = RunDir(run_dir)
     checkpoint = ModelCheckpoint(dirpath=layout.checkpoints, save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
@@ -40,19 +41,19 @@ def build_trainer(cfg: Any, run_dir: Path, loggers: Sequence[Any], callbacks: Se
                        callbacks=[checkpoint, guard, trim, *callbacks], logger=list(loggers) or False, plugins=plugins)
 
 
-def build_datamodule(cfg: Any, tokenizer: Any, template: Any) -> InstructionDataModule:
+def build_datamodule(cfg: RootConfig, tokenizer: Any, template: Any, dataset: Any = None) -> InstructionDataModule:
     """The training data of a composed config."""
-    return InstructionDataModule(cfg.data, cfg.dataset, cfg.method, template, tokenizer, cfg.model.bos,
-                                 cfg.paths.data_dir)
+    return InstructionDataModule(cfg.data, cfg.dataset if dataset is None else dataset, cfg.method, template,
+                                 tokenizer, cfg.model.bos, cfg.paths.data_dir)
 
 
-def build_module(cfg: Any, model: Any, data: InstructionDataModule) -> CausalLMModule:
+def build_module(cfg: RootConfig, model: Any, data: InstructionDataModule) -> CausalLMModule:
     """The LightningModule that trains `model` on `data` as the `trainer/` config says."""
     return CausalLMModule(model, instantiate(cfg.trainer.optimizer), cfg.trainer.schedule, cfg.trainer.max_grad_norm,
                           data.steps_per_epoch, cfg.trainer.loss_normalization, cfg.trainer.fused_loss)
 
 
-def trainable(model: Any, cfg: Any) -> Any:
+def trainable(model: Any, cfg: RootConfig) -> Any:
     """The model as training updates it: the configured adapter applied, every trainable weight fp32, and with
     packing, sdpa attending per packed sequence (rt_lab/train/segment_attention.py)."""
     # under trainer=fsdp the strategy checkpoints whole FSDP units instead (rt_lab/train/fsdp.py)
@@ -64,22 +65,21 @@ def trainable(model: Any, cfg: Any) -> Any:
     return model
 
 
-def trained(model: Any, cfg: Any) -> Any:
+def trained(model: Any, cfg: RootConfig) -> Any:
     """The model as train() hands it on: a full fine-tune back in `model.dtype` (rt_lab/train/precision.py), its
     attention as loaded."""
     segment_attention.restore(model)
     return cast_full_fine_tune(model, cfg.model.dtype)
 
 
-def train(cfg: Any, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
-          callbacks: Sequence[Any] = ()) -> Any:
-    """Fit the model (resuming from `checkpoints/last.ckpt` when present) and return the trained model, a full
-    fine-tune back in `model.dtype` (rt_lab/train/precision.py). In a run of several processes only rank 0 gets
-    the model (the others get None): it alone exports and generates."""
-    check_precision(cfg.trainer.lightning.precision, cfg.trainer.allow_low_precision_weights)
-    fsdp.check_strategy(cfg.trainer.lightning.strategy)
+def train(cfg: RootConfig, model: Any, tokenizer: Any, template: Any, run_dir: Path, loggers: Sequence[Any],
+          callbacks: Sequence[Any] = (), dataset: Any = None) -> Any:
+    """Fit the model on `dataset` (default: cfg.dataset), resuming from `checkpoints/last.ckpt` when present, and
+    return the trained model, a full fine-tune back in `model.dtype` (rt_lab/train/precision.py). In a run of
+    several processes only rank 0 gets the model (the others get None): it alone exports and generates."""
+    warn_low_precision(cfg.trainer.lightning.precision)
     model = trainable(model, cfg)
-    data = build_datamodule(cfg, tokenizer, template)
+    data = build_datamodule(cfg, tokenizer, template, dataset)
     module = build_module(cfg, model, data)
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     last = RunDir(run_dir).checkpoint  # a file, or a folder of shards (trainer=fsdp, state_dict_type=sharded)

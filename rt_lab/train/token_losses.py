@@ -34,9 +34,8 @@ SOFT_CAPPING_KEYS = ("final_logit_softcapping",)  # a probe cannot see a cap on 
 PROBE_TOKENS = 16
 PROBE_TOLERANCE = 1e-4  # relative to the largest logit: the two paths run the same kernels in eval mode
 # On a CPU a chunk holds this many bytes of fp32 logits. torch's own chunking sizes a chunk's logits like its input,
-# which for an LM head (vocabulary >> hidden size) means matmuls of a few rows: on SmolLM2's head (576 x 49,152,
-# fp32, forward + backward) 10.7x slower than unchunked at 400 targets and 2.2x at 4,000, against 1.2-1.4x with
-# 1,024-row chunks. CUDA keeps torch's pick, measured there by its authors.
+# which for an LM head (vocabulary >> hidden size) means matmuls of a few rows, many times slower than larger chunks
+# on a CPU (measured: benchmarks/README.md). CUDA keeps torch's pick.
 CPU_CHUNK_BYTES = 256 * 1024 * 1024
 
 
@@ -105,8 +104,7 @@ def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     """The forward's inputs for right-padded (rt_lab.data.datamodule.collate_padded, the only padding the loss is
     given) or packed rows. The padding mask goes only to flash attention, whose varlen kernels use it to skip the
     pads. Elsewhere causal attention already keeps every trailing pad out of the real tokens before it, and without a
-    mask sdpa runs its causal kernels (SmolLM2 on a CPU, 4 rows padded to 1,024, forward + backward: 8% faster, 8%
-    less memory, the same loss)."""
+    mask sdpa runs its causal kernels (faster, with less memory and the same loss: benchmarks/README.md)."""
     inputs = {key: batch[key] for key in ("input_ids", "position_ids") if key in batch}
     if "attention_mask" in batch and uses_flash_attention(model):
         inputs["attention_mask"] = batch["attention_mask"]
