@@ -94,8 +94,8 @@ def existing_sweep(path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rt_lab.human",
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rt_lab.human") -> None:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Human evaluation of a sweep's outputs (An et al. §4).")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="the rating web app")
