@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rt_lab.data.datamodule import collate_padded
+from rt_lab.data.collate import collate_padded
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets
 from rt_lab.data.masking import IGNORE, Example
 from rt_lab.data.packing import collate_packed

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig, LlamaConfig
 
-from rt_lab.data.datamodule import collate_padded
+from rt_lab.data.collate import collate_padded
 from rt_lab.data.masking import IGNORE, Example
 from rt_lab.data.packing import collate_packed
 from rt_lab.train.loss import LOSS_NORMALIZATIONS, example_loss_sums, supervised_targets

@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 from rt_lab.config.checks import ConfigValueError, at_least, in_range, one_of, registered
 
+FSDP_NAMES = ("fsdp", "fsdp_cpu_offload")  # Lightning's registered FSDP: one unit for the whole model
+
 
 @dataclass
 class ScheduleConfig:
@@ -74,8 +76,6 @@ class TrainerConfig:
                                    "to accept the lost updates")
 
     def check_strategy(self) -> None:
-        from rt_lab.train.fsdp import FSDP_NAMES
-
         strategy = self.lightning.get("strategy")
         if isinstance(strategy, str) and strategy in FSDP_NAMES:
             raise ConfigValueError("lightning.strategy", strategy, "wraps the whole model as one FSDP unit, which "

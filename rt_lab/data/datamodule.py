@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 import lightning as L
 import torch
 
+from rt_lab.data.collate import Batch, collate_padded
 from rt_lab.data.datasets import load_rows
 from rt_lab.data.masking import IGNORE, Example, encode_rows
 from rt_lab.data.methods import user_turns
@@ -20,22 +21,6 @@ from rt_lab.data.packing import best_fit_decreasing, collate_packed
 from rt_lab.data.templates import Template
 
 log = logging.getLogger(__name__)
-
-Batch = dict[str, torch.Tensor]
-
-
-def collate_padded(examples: Sequence[Example], pad_id: int) -> Batch:
-    width = max(len(example.input_ids) for example in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
-
 
 def count_windows(num_examples: int, batch_size: int, world_size: int) -> int:
     full, tail = divmod(num_examples, batch_size)

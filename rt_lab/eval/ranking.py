@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rt_lab.config.source import RankingPoolConfig
-from rt_lab.data.datamodule import collate_padded
+from rt_lab.data.collate import collate_padded
 from rt_lab.data.formats import LoadStats
 from rt_lab.data.sources import resolve_source
 from rt_lab.eval.base import EvalContext, Metrics, register_evaluation

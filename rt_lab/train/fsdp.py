@@ -36,7 +36,6 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from rt_lab.train.preemption import replace, staging_of
 
-FSDP_NAMES = ("fsdp", "fsdp_cpu_offload")  # Lightning's registered names: one unit for the whole model
 
 
 class LayerWrappedFSDP(FSDPStrategy):

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from rt_lab.data.datamodule import Batch
+from rt_lab.data.collate import Batch
 from rt_lab.data.masking import IGNORE
 from rt_lab.registry import Registry
 from rt_lab.train.token_losses import FusedHead, supervised_token_losses
