@@ -6,8 +6,9 @@
 4. `generate`: answer the eval prompts (with the rule head when `rules.enabled` names rules);
 5. `evaluate`: the evaluations `eval` switches on.
 
-The config is validated first (rt_lab.config.validate). Each finished stage leaves a marker in the run dir, so a
-rerun in the same dir skips what is already done. Win rates against a reference run are computed over the sweep:
+The config is validated first (rt_lab.config.validate), and the keys of the judges the run uses checked
+(rt_lab.preflight). Each finished stage leaves a marker in the run dir, so a rerun in the same dir skips what is
+already done. Win rates against a reference run are computed over the sweep:
 rt_lab.compare."""
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rt_lab.generate.decode import generate_outputs
 from rt_lab.generate.epochs import EpochSelection
 from rt_lab.io import read_records
 from rt_lab.layout import RunDir
+from rt_lab.preflight import check_run_judges
 from rt_lab.loggers import finish_wandb
 from rt_lab.models import load_model, load_tokenizer, resolve_path
 from rt_lab.train.adapters import quantization_config
@@ -60,7 +62,7 @@ class RunContext:
 
 def run(cfg: DictConfig) -> Path:
     """Run the configured job in `cfg.paths.run_dir`; returns the path of `model_outputs.json`."""
-    validate(cfg)
+    check_run_judges(validate(cfg))
     layout = RunDir(Path(cfg.paths.run_dir))
     if layout.done_marker.is_file():
         log.info("%s is complete; nothing to do", layout.path)

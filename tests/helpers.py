@@ -29,21 +29,25 @@ TINY = ["model=tiny", "logger=none", "dataset.limit=16", "data.batch_size=4", "d
         "data.max_length=128", "trainer.checkpoint_every_n_steps=1", "+trainer.lightning.enable_progress_bar=false"]
 
 
-def run_python(args: Sequence[str], cwd: Path, timeout: float = 600, offline: bool = True) -> str:
+def run_python(args: Sequence[str], cwd: Path, timeout: float = 600, offline: bool = True,
+               env: dict[str, str] | None = None) -> str:
     """`python *args` in `cwd` to the end, offline (HF_HUB_OFFLINE) unless told otherwise, with run outputs under
-    cwd/outputs; its stdout. A non-zero exit fails the test with the end of both streams."""
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env.update(RT_LAB_OUTPUT_DIR=str(cwd / "outputs"), **({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-                                                           if offline else {}))
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+    cwd/outputs and the variables `env` added; its stdout. A non-zero exit fails the test with the end of both
+    streams."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    environment.update(RT_LAB_OUTPUT_DIR=str(cwd / "outputs"), **(env or {}),
+                       **({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} if offline else {}))
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=environment, capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
     return result.stdout
 
 
-def launch(args: Sequence[str], cwd: Path, timeout: float = 600, offline: bool = True) -> str:
+def launch(args: Sequence[str], cwd: Path, timeout: float = 600, offline: bool = True,
+           env: dict[str, str] | None = None) -> str:
     """`python launch.py *args`, as `run_python` runs it."""
-    return run_python([str(REPO / "launch.py"), *args], cwd, timeout, offline)
+    return run_python([str(REPO / "launch.py"), *args], cwd, timeout, offline, env)
 
 
 def write_run(root: Path, number: int, compose: Callable, overrides: list[str], outputs: list[dict] | None,

@@ -35,6 +35,7 @@ def shown_outputs(prompt: str) -> tuple[str, str]:
 class CannedJudgeServer:
     def __init__(self) -> None:
         self.requests = 0
+        self.probes = 0  # GET /models: what a launch's preflight asks (not a judgment)
         self.by_prompt: Counter[str] = Counter()
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
@@ -49,6 +50,9 @@ class CannedJudgeServer:
                     server.handle(self)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
                     pass
+
+            def do_GET(self) -> None:
+                server.list_models(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -96,6 +100,16 @@ class CannedJudgeServer:
                          "finish_reason": "length", "logprobs": logprobs}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
         })
+
+    def list_models(self, http: BaseHTTPRequestHandler) -> None:
+        """GET /v1/models, as OpenAI and vLLM answer it: the served model, for the right key only."""
+        with self.lock:
+            self.probes += 1
+        if http.path.rstrip("/") != "/v1/models":
+            return self.send(http, 404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+        if http.headers.get("Authorization") != f"Bearer {SECRET}":
+            return self.send(http, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+        self.send(http, 200, {"object": "list", "data": [{"id": "canned-judge", "object": "model"}]})
 
     def top_logprobs(self, prompt: str) -> list[tuple[str, float]]:
         """(token, probability) candidates of the answer's first token. The canned judge: favours the output

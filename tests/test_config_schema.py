@@ -117,7 +117,8 @@ def test_what_must_exist_is_checked_when_asked(compose, tmp_path):
                                (["prompts=file", "prompts.file=/nope.jsonl"], "prompts.file=/nope.jsonl"),
                                (["paths.data_dir=/nope"], "paths.data_dir=/nope: no such folder"),
                                (["compare.reference.sweep=/nope"], "compare.reference.sweep=/nope: no such sweep"),
-                               ([f"paths.data_dir={tmp_path}", "dataset=lima"], "lima_data.jsonl does not exist")]:
+                               ([f"paths.data_dir={tmp_path}", "dataset=lima"], "lima_data.jsonl does not exist"),
+                               ([f"dataset.file={tmp_path}"], f"dataset.file={tmp_path}: is a folder; give a file")]:
         with pytest.raises(ConfigError) as err:
             validate(compose(overrides))
         assert message in str(err.value), overrides

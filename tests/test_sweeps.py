@@ -29,8 +29,13 @@ def test_preset_dry_run_lists_the_declared_jobs(preset, tmp_path):
     if "dataset.refusals.file=DATA/" in header:
         relative = header.split("dataset.refusals.file=DATA/")[1].split()[0]
         data.append(f"dataset.refusals.file={helpers.SHARED_DATA / relative}")
-    out = launch(["-m", f"sweeps={preset.stem}", "hydra.launcher.dry_run=true",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}", *data], tmp_path, offline=False)
+    # with the variables the command sets and a judge key (a made-up one: the judge's server is not reached from
+    # here, hence reach_servers=false)
+    prefixes = re.findall(r"((?:\b[A-Z][A-Z0-9_]*=\S+ )+)python launch\.py", header)
+    variables = dict(item.split("=", 1) for prefix in prefixes for item in prefix.split())
+    variables.setdefault("OPENAI_API_KEY", "sk-made-up")
+    out = launch(["-m", f"sweeps={preset.stem}", "hydra.launcher.dry_run=true", "hydra.launcher.reach_servers=false",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}", *data], tmp_path, offline=False, env=variables)
     jobs = int(declared.group(1))
     assert f": {jobs} jobs, 0 done, {jobs} to run (dry run: nothing launched)" in out
     assert len(re.findall(r"^  #\d+ \[todo\]", out, re.MULTILINE)) == jobs

@@ -3,7 +3,8 @@ hydra-submitit-launcher.
 
 They make sweeps resumable: a job whose run dir holds the completion marker is not launched again, and
 `dry_run=true` prints the job list without launching anything. Every job to run is validated first
-(rt_lab.config.validate): one bad job stops the sweep before any starts. The local launcher runs jobs in waves of
+(rt_lab.config.validate), then what the sweep needs before it ends is checked (rt_lab.preflight): one problem stops
+the sweep before any job starts. The local launcher runs jobs in waves of
 `max_parallel`, each with `cpus_per_task` threads: oversubscribed CPU threads slow every job down many times."""
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def record_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial
 class ResumableSweep:
     """Mixin for a submitit launcher: plan the sweep, skip finished jobs, or only print the plan."""
 
-    def __init__(self, dry_run: bool = False, **params: Any) -> None:
+    def __init__(self, dry_run: bool = False, reach_servers: bool = True, **params: Any) -> None:
         self.dry_run = dry_run
+        self.reach_servers = reach_servers  # false: no request to judge servers at launch (checked before judging)
         super().__init__(**params)
 
     def job_config(self, overrides: Sequence[str], number: int) -> DictConfig:
@@ -63,32 +65,43 @@ class ResumableSweep:
         return config
 
     def plan(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Job]:
-        """The jobs to run; every one validated first (rt_lab.config.validate), so a bad value stops the sweep
-        before any job starts, naming the job and the key."""
+        """The jobs to run. Every one is validated first (rt_lab.config.validate), then what the sweep needs
+        before it ends is checked (rt_lab.preflight): a problem stops the sweep before any job starts, naming the
+        job, the key and the fix."""
         from hydra.core.hydra_config import HydraConfig
 
         from rt_lab.config.validate import ConfigError, validate
+        from rt_lab.preflight import PlannedJob, preflight
 
         todo: list[Job] = []
+        planned: list[PlannedJob] = []
         lines, invalid = [], []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             config = self.job_config(overrides, number)
             finished = RunDir(Path(config.hydra.runtime.output_dir)).done_marker.is_file()
-            shown = " ".join(filter_overrides(overrides))
+            label = f"#{number} ({' '.join(filter_overrides(overrides))})"
+            HydraConfig.instance().set_config(config)
+            try:
+                # a finished job's files were read already; the comparison still pairs it
+                planned.append(PlannedJob(number, label, config, validate(config, files=not finished), finished))
+            except ConfigError as err:
+                if not finished:
+                    invalid.append(f"  {label}: {err}")
             if not finished:
                 todo.append((number, list(overrides)))
-                HydraConfig.instance().set_config(config)
-                try:
-                    validate(config)
-                except ConfigError as err:
-                    invalid.append(f"  #{number} ({shown}): {err}")
-            lines.append(f"  #{number} [{'done' if finished else 'todo'}] {shown}")
+            lines.append(f"  #{number} [{'done' if finished else 'todo'}] {label.split(' ', 1)[1][1:-1]}")
         done = len(job_overrides) - len(todo)
         print(f"sweep {self.config.hydra.sweep.dir}: {len(job_overrides)} jobs, {done} done, {len(todo)} to run"
               + (" (dry run: nothing launched)" if self.dry_run else ""), *lines, sep="\n", flush=True)
         if invalid:
             raise ConfigError(f"{len(invalid)} of the {len(todo)} jobs to run have an invalid config; nothing was "
                               "launched:\n" + "\n".join(invalid))
+        found = preflight(self.config, planned, self.job_config, self.reach_servers)
+        print(*[f"preflight: {line}" for line in found.checked], *[f"note: {line}" for line in found.notes],
+              sep="\n", flush=True)
+        if found.problems:
+            raise ConfigError(f"preflight: {len(found.problems)} problem(s) the sweep would meet before its end; "
+                              "nothing was launched:\n" + "\n".join(f"  {problem}" for problem in found.problems))
         record_jobs(Path(str(self.config.hydra.sweep.dir)), job_overrides, initial_job_idx)
         return todo
 

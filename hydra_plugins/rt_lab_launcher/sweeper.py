@@ -1,11 +1,13 @@
 """A sweeper for paired (zipped) values: the cartesian product of `params` (and command-line sweeps) times a
 list of `paired` arms, each arm a list of overrides that go together (e.g. a method with its epoch count, a
 model with its learning rate), so paper grids need no cartesian explosion. Every job is composed before any is
-launched; one that does not compose (an unknown key, a wrong type) stops the sweep naming the job."""
+launched; one that does not compose (an unknown key, a wrong type) stops the sweep naming the job, as does a sweep
+dir that cannot be written."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
@@ -19,6 +21,17 @@ class PairedSweeper(BasicSweeper):
                  paired: Sequence[Sequence[str]] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.paired = [list(arm) for arm in (paired or [])]
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from rt_lab.config.validate import ConfigError
+        from rt_lab.preflight import writable
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        why = writable(sweep_dir)
+        if why:
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: cannot write there ({why}); set paths.output_dir (or "
+                              "hydra.sweep.dir) to a writable dir. Nothing was launched")
+        return super().sweep(arguments)
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         (jobs,) = BasicSweeper.split_arguments(overrides, None)

@@ -68,7 +68,7 @@ def compare(sweep_dir: str | Path, cfg: RootConfig) -> Path | None:
         print(f"rt_lab compare {sweep_dir}: no finished run with a finished reference", *report.notes, sep="\n")
         return None
     if report.pairs or figures.has_epochs(runs):
-        report.judge = configured_judge(cfg)
+        report.judge = configured_judge(cfg, sweep_dir)
     for section in SECTIONS:
         section(report)
     text = "\n".join(report.sections)
@@ -157,7 +157,8 @@ def log_to_wandb(report: SweepReport) -> None:
 
 def pick_epochs(sweep_dir: str | Path, cfg: RootConfig) -> Path | None:
     """`--pick-epoch`: the per-epoch table and the best epoch per setting only."""
-    return epoch_report(existing_sweep(sweep_dir), cfg, configured_judge(cfg))
+    sweep_dir = existing_sweep(sweep_dir)
+    return epoch_report(sweep_dir, cfg, configured_judge(cfg, sweep_dir))
 
 
 def existing_sweep(sweep_dir: str | Path) -> Path:
@@ -167,9 +168,19 @@ def existing_sweep(sweep_dir: str | Path) -> Path:
     return sweep_dir
 
 
-def configured_judge(cfg: RootConfig) -> Judge:
+def configured_judge(cfg: RootConfig, sweep_dir: Path) -> Judge:
+    """The comparison's judge, its key and server checked again first (the launch may not have reached it:
+    hydra.launcher.reach_servers=false, or days have passed)."""
+    from rt_lab.config.validate import ConfigError
+    from rt_lab.preflight import judge_problem
+
     if cfg.get("judge") is None:
         raise ValueError("no judge configured: set judge=hf_local (a local model) or judge=openai")
+    problem = judge_problem("judge", OmegaConf.to_object(cfg.judge) if OmegaConf.is_config(cfg.judge) else cfg.judge,
+                            reach_server=True)
+    if problem:
+        raise ConfigError(f"the comparison cannot judge: {problem}. The runs are kept: once fixed, `python -m "
+                          f"rt_lab.compare {sweep_dir}` compares them")
     return build_judge(cfg.judge)
 
 

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 from omegaconf import MISSING
 
-from rt_lab.config.checks import at_least, one_of, registered
+from rt_lab.config.checks import ConfigValueError, at_least, one_of, registered
 from rt_lab.config.model import ModelConfig
 
 
@@ -29,6 +30,11 @@ class JudgeConfig:
 
     def check(self) -> None:
         registered("protocol", self.protocol, "rt_lab.judges.protocols:PROTOCOLS")
+
+    def preflight(self, reach_server: bool) -> None:
+        """What the judge needs from its surroundings when it is used, checked at launch (rt_lab/preflight.py)
+        and again before a comparison judges: a `ConfigValueError` naming the key and the fix. `reach_server`:
+        one cheap request to a judge behind a server. A judge in this process needs nothing."""
 
 
 @dataclass
@@ -64,6 +70,22 @@ class OpenAIJudgeConfig(JudgeConfig):
             at_least(key, getattr(self, key), 1)
         for key in ("max_retries", "backoff_s"):
             at_least(key, getattr(self, key), 0)
+
+    def preflight(self, reach_server: bool) -> None:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigValueError("api_key_env", self.api_key_env, f"the environment variable {self.api_key_env} is "
+                                   f"not set; export {self.api_key_env}=<key> where you launch (a server without "
+                                   f"authentication: {self.api_key_env}=EMPTY)")
+        if reach_server:
+            from rt_lab.judges.backends import probe_server
+
+            problem = probe_server(self.base_url, key, min(self.timeout_s, 10.0))
+            if problem:
+                raise ConfigValueError("base_url", self.base_url, f"{problem}; start the server, or fix the URL or "
+                                       f"the key in {self.api_key_env} (a launch without network: "
+                                       "hydra.launcher.reach_servers=false; the comparison checks again before it "
+                                       "judges)")
 
 
 @dataclass

@@ -6,7 +6,8 @@ Composition already refused unknown keys and wrong types (the schemas, rt_lab/co
 config to its dataclasses and runs, in order:
 1. every schema's `check` (values in range, names registered), with the key's full path;
 2. the checks that span groups (`CROSS_CHECKS`);
-3. with `files=True`, what must exist on disk: data and prompt files, the data-dir mirrors, reference sweeps.
+3. with `files=True`, what must exist on disk: data and prompt files (readable), the data-dir mirrors, reference
+   sweeps.
 Each failure is a `ConfigError` naming the key, the value, why, and the fix."""
 
 from __future__ import annotations
@@ -153,25 +154,41 @@ def check_sources(cfg: RootConfig) -> None:
     if cfg.eval.safety is not None:
         sources += [(f"eval.safety.catalog.{name}", cfg.eval.safety.catalog[name]) for name in cfg.eval.safety.sets]
     for key, source in sources:
-        if source.file and not package_path(source.file).is_file():
-            raise ConfigError(f"{key}.file={source.file}: no such file")
+        if source.file:
+            require_readable(f"{key}.file", source.file, package_path(source.file))
         try:
-            resolve_source(OmegaConf.structured(source), cfg.paths.data_dir, key)
+            resolved = resolve_source(OmegaConf.structured(source), cfg.paths.data_dir, key)
         except (FileNotFoundError, ValueError, KeyError) as err:
             raise ConfigError(str(err).strip('"')) from err
+        if Path(resolved.name).is_file():  # a data-dir mirror (a Hub id names no file)
+            require_readable(key, resolved.name, Path(resolved.name))
+
+
+def require_readable(key: str, value: str, path: Path) -> None:
+    """`path` (what `key`=`value` names) is a file this process can read."""
+    if path.is_dir():
+        raise ConfigError(f"{key}={value}: is a folder; give a file")
+    if not path.is_file():
+        raise ConfigError(f"{key}={value}: no such file")
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise ConfigError(f"{key}={value}: cannot be read ({err.strerror or err})") from err
 
 
 def check_paths(cfg: RootConfig) -> None:
     data_dir = cfg.paths.data_dir
     if data_dir and not Path(data_dir).expanduser().is_dir():
         raise ConfigError(f"paths.data_dir={data_dir}: no such folder")
-    if cfg.method.prompt_file and not Path(cfg.method.prompt_file).expanduser().is_file():
-        raise ConfigError(f"method.prompt_file={cfg.method.prompt_file}: no such file")
+    if cfg.method.prompt_file:
+        require_readable("method.prompt_file", cfg.method.prompt_file, Path(cfg.method.prompt_file).expanduser())
     file = cfg.compare.reference.file
-    if file and not Path(file).expanduser().is_file():
-        hint = "; it lies under paths.data_dir, which is unset: set paths.data_dir=DIR" \
-            if data_dir is None and file.startswith("None/") else ""
-        raise ConfigError(f"compare.reference.file={file}: no such file{hint}")
+    if file and data_dir is None and file.startswith("None/"):
+        raise ConfigError(f"compare.reference.file={file}: it lies under paths.data_dir, which is unset: set "
+                          "paths.data_dir=DIR")
+    if file:
+        require_readable("compare.reference.file", file, Path(file).expanduser())
     sweeps = cfg.compare.reference.sweep
     for sweep in ([] if sweeps is None else [sweeps] if isinstance(sweeps, str) else list(sweeps)):
         if not Path(str(sweep)).expanduser().is_dir():

@@ -14,6 +14,8 @@ import os
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from rt_lab.judges.base import (Judge, JudgeError, Judgment, LogprobReader, Messages, Reply, SpendCapExceeded,
@@ -54,6 +56,19 @@ def reply_text(body: str) -> Reply:
     except (json.JSONDecodeError, KeyError, IndexError, TypeError):
         return Reply(None, "reply has no choices[0].message.content")
     return Reply(text) if isinstance(text, str) else Reply(None, "choices[0].message.content is not text")
+
+
+def probe_server(base_url: str, api_key: str, timeout_s: float = 10.0) -> str | None:
+    """One cheap request to an OpenAI-compatible server (GET /models, which costs no tokens): None when it answers
+    and takes the key, else what is wrong. Any other answer counts as reachable: some servers serve no /models."""
+    request = urllib.request.Request(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as err:
+        return f"the server refuses the key (HTTP {err.code})" if err.code in (401, 403) else None
+    except (urllib.error.URLError, OSError) as err:
+        return f"no answer from {base_url} ({getattr(err, 'reason', None) or err})"
 
 
 class OpenAIJudge(Judge):
