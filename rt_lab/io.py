@@ -8,7 +8,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from importlib import resources
 from io import StringIO
@@ -19,19 +18,40 @@ log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` so readers see either the old file or the whole new one, never a torn file."""
+    """Write `data` so readers see either the old file or the whole new one, never a torn file. The new one is
+    staged beside it as `.NAME.tmp`, under a lock: a crash leaves at most that one file, which the next write of
+    the same file reuses (its name is fixed, so crashes do not pile up), and processes writing the same file take
+    turns. The file gets the usual permissions (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    staging = path.with_name(f".{path.name}.tmp")
+    while True:
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not same_file(fd, staging):
+                continue  # the writer before moved it into place while this one waited: stage anew
+            try:
+                os.ftruncate(fd, 0)
+                with os.fdopen(os.dup(fd), "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(staging, path)
+            except BaseException:
+                staging.unlink(missing_ok=True)
+                raise
+            return
+        finally:
+            os.close(fd)
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open `fd` is still the file at `path`."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
