@@ -192,3 +192,45 @@ def test_csv_metrics_survive_a_restart_in_the_same_dir(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [(int(r["step"]), float(r["train/loss"])) for r in rows] == \
         [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
+
+
+class CheckpointWitness(Callback):
+    """The training-loss steps metrics.csv holds on disk at each checkpoint save."""
+
+    def __init__(self, metrics: Path) -> None:
+        self.metrics = metrics
+        self.on_disk: dict[int, list[int]] = {}
+
+    def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
+        import csv
+
+        with self.metrics.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+        self.on_disk[trainer.global_step] = [int(row["step"]) for row in rows]
+
+
+def test_a_steps_metrics_are_on_disk_before_its_checkpoint(compose, tmp_path):
+    """A crash just after a checkpoint save must not lose the step's logged metrics: the resumed run starts after
+    that step and never logs it again."""
+    from rt_lab.loggers import ResumableCSVLogger
+
+    cfg = compose(TINY + ["dataset.limit=12"])  # 3 steps, a checkpoint after each
+    L.seed_everything(cfg.trainer.seed)
+    path = resolve_path(cfg.model, None)
+    witness = CheckpointWitness(tmp_path / "csv" / "metrics.csv")
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    train(cfg, load_model(cfg.model, path), load_tokenizer(cfg.model, path), instantiate(cfg.template), tmp_path,
+          [logger], [witness])
+    assert witness.on_disk == {1: [0], 2: [0, 1], 3: [0, 1, 2]}
+
+
+def test_a_finished_training_started_again_writes_no_checkpoint(compose, tmp_path):
+    """A job killed after training (while exporting, say) starts again from its final checkpoint: that one is
+    kept as it is, not written whole once more (a 7B full fine-tune's is some 80 GB)."""
+    cfg = compose(TINY + ["dataset.limit=8"])
+    fit(cfg, tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    before = checkpoint.stat()
+    _, losses = fit(cfg, tmp_path)
+    assert losses == {}  # no step taken
+    assert (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -29,10 +29,22 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, knowing after a resume that the checkpoint it resumed from is this step's,
+    saved already: a run resumed from its final step's checkpoint (killed while exporting, say) ends without
+    writing the whole checkpoint again, as Lightning would at the training's end."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.ckpt_path:
+            self._last_global_step_saved = trainer.global_step
+            self._last_checkpoint_saved = str(trainer.ckpt_path)
+
+
 def build_trainer(cfg: RootConfig, run_dir: Path, loggers: Sequence[Any], callbacks: Sequence[Any] = ()) -> L.Trainer:
     layout = RunDir(run_dir)
-    checkpoint = ModelCheckpoint(dirpath=layout.checkpoints, save_last=True, save_top_k=0,
-                                 every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
+    checkpoint = LastCheckpoint(dirpath=layout.checkpoints, save_last=True, save_top_k=0,
+                                every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
     guard = PreemptionGuard(layout.checkpoint)
     trim = TrimLogsOnResume()
     # Under SLURM, submitit owns the requeue signal; Lightning's own auto-requeue would fight it.

@@ -62,9 +62,10 @@ class CausalLMModule(L.LightningModule):
     def on_train_start(self) -> None:
         log.info("trainable parameters: %d of %d (%.2f%%)", self.trainable_parameters, self.total_parameters,
                  100 * self.trainable_parameters / self.total_parameters)
-        for logger in self.loggers:
-            logger.log_metrics({"params/trainable": self.trainable_parameters,
-                                "params/total": self.total_parameters}, step=self.global_step)
+        if self.global_step == 0:  # a resumed run has them from its first start
+            for logger in self.loggers:
+                logger.log_metrics({"params/trainable": self.trainable_parameters,
+                                    "params/total": self.total_parameters}, step=0)
         # the loss path, chosen here, not at setup: the strategy has placed the model by now (under FSDP wrapped it,
         # and the head's weights are whole only inside the root's forward)
         with torch.no_grad():  # a probe: nothing of it is trained, and FSDP hooks no backward onto its result
@@ -109,9 +110,22 @@ class CausalLMModule(L.LightningModule):
         loss = self.trainer.strategy.reduce(loss_sum, reduce_op="sum") / total
         self.supervised_seen += tokens
         elapsed = time.perf_counter() - started
-        self.log_dict({"train/loss": loss, "train/lr": lr, "train/supervised_tokens": float(self.supervised_seen),
-                       "train/supervised_tokens_per_s": tokens / elapsed}, prog_bar=True)
+        metrics = {"train/loss": loss, "train/lr": lr, "train/supervised_tokens": float(self.supervised_seen),
+                   "train/supervised_tokens_per_s": tokens / elapsed}
+        self.log_dict(metrics, prog_bar=True, logger=False)
+        self.log_step({key: float(value) for key, value in metrics.items()})
         return loss
+
+    def log_step(self, metrics: dict[str, float]) -> None:
+        """The step's metrics to the loggers, written before its checkpoint is saved. Lightning would log them
+        after the batch-end hooks, where the checkpoint is saved: a crash in between lost them for good, as the
+        resumed run starts after that step."""
+        step = self.global_step - 1  # Lightning's step numbering: the optimizer has stepped already
+        if (step + 1) % self.trainer.log_every_n_steps:
+            return
+        for logger in self.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
+            logger.save()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.partial_checkpoint:

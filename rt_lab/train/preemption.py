@@ -134,7 +134,7 @@ class PreemptionGuard(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        # Lightning logs a step's metrics after its batch-end hooks; hand over once they are written.
+        # the step's batch-end work is done by now (the training's end hands over after the last step)
         if self.saved:
             self._hand_over()
 
