@@ -66,12 +66,16 @@ class KillPoints:
     def under(self, path: object) -> bool:
         return isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path).startswith(self.folder)
 
+    def relative(self, path: object) -> str:
+        """A path under the folder as it is named in the events: relative to it ("." for the folder itself)."""
+        return os.fsdecode(path).removeprefix(self.folder).removeprefix("/") or "."
+
     def absolute(self, event: str, path: object, target: object = None) -> None:
         self.in_rmtree = False
         if self.under(path):
-            shown = os.fsdecode(path).removeprefix(self.folder + "/")
+            shown = self.relative(path)
             if target is not None:
-                shown += f" -> {os.fsdecode(target).removeprefix(self.folder + '/')}"
+                shown += f" -> {self.relative(target)}"
             self.point(event, shown)
 
     def point(self, event: str, what: str) -> None:

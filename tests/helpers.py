@@ -67,3 +67,13 @@ def write_run(root: Path, number: int, compose: Callable, overrides: list[str], 
 
 def outputs_for(*answers: str) -> list[dict]:
     return [{"instruction": f"question {i}", "output": answer} for i, answer in enumerate(answers)]
+
+
+def keep_report(name: str, text: str) -> None:
+    """Print a test's report (seen with -s) and, with RT_LAB_TEST_REPORTS=DIR, keep it as DIR/NAME (.ci/run prints
+    them)."""
+    print(text)
+    if os.environ.get("RT_LAB_TEST_REPORTS"):
+        reports = Path(os.environ["RT_LAB_TEST_REPORTS"])
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / name).write_text(text + "\n")
