@@ -397,6 +397,21 @@ def test_the_presets_of_hewitt_et_als_remaining_experiments_and_the_refusal_mix(
     assert mix.compare.paper_table == "a_tables15_16"
 
 
+def test_each_papers_presets_train_with_its_loss_normalisation(compose, monkeypatch):
+    """Hewitt et al.: open-instruct's reduce_loss=mean (every row weighs the same); An et al.: the Hugging Face
+    Trainer of their TRL SFTTrainer before transformers 4.46 (each micro-batch's token mean, averaged over the 8
+    accumulation steps of 64 rows in micro-batches of 8)."""
+    monkeypatch.delenv("RT_LAB_DATA_DIR", raising=False)
+    for preset in SWEEP_PRESETS:
+        cfg = compose([f"sweeps={preset.stem}"])
+        if not cfg.method.train:
+            continue
+        expected = {"h_": "sequence", "a_": "micro_batch"}.get(preset.stem[:2], "token")
+        assert cfg.trainer.loss_normalization == expected, preset.stem
+        if expected == "micro_batch":
+            assert (cfg.data.batch_size, cfg.data.micro_batch_size) == (64, 8), preset.stem
+
+
 def test_sweeps_group_resolves_through_rt_lab_root(compose, monkeypatch, tmp_path):
     """`sweeps=NAME` finds <RT_LAB_ROOT>/sweeps/NAME.yaml via hydra.searchpath (shown with a temp root)."""
     root = tmp_path / "root"

@@ -59,3 +59,30 @@ def test_token_and_sequence_normalisation_match_hand_computed_values(model, exam
 def test_an_unknown_normalisation_names_the_key():
     with pytest.raises(KeyError, match="trainer.loss_normalization='rows'"):
         LOSS_NORMALIZATIONS.lookup("rows", "trainer.loss_normalization")
+
+
+def step_loss(model, micro_batches, name: str) -> float:
+    """The step's loss as the training step composes it: the numerators over the step's micro-batches divided by
+    their units."""
+    norm = LOSS_NORMALIZATIONS[name]
+    numerator = units = 0.0
+    for batch in micro_batches:
+        where = supervised_targets(batch)
+        numerator += float(norm.numerator(example_loss_sums(model, batch, where, None), where.counts))
+        units += float(norm.units(where.counts))
+    return numerator / units
+
+
+def test_micro_batch_normalisation_is_the_old_trainers_mean_of_micro_batch_means(model, examples):
+    """transformers < 4.46 (An et al.'s TRL SFTTrainer): each micro-batch's loss is the model's own mean-reduced
+    loss over its padded rows, divided by the accumulation steps and summed over them."""
+    split = [examples[:2], examples[2:]]  # 7 supervised targets, then 1
+    micro_batches = [collate_padded(part, pad_id=0) for part in split]
+    with torch.no_grad():
+        old_trainer = sum(float(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      labels=batch["labels"]).loss) / len(split) for batch in micro_batches)
+        assert step_loss(model, micro_batches, "micro_batch") == pytest.approx(old_trainer, rel=1e-5)
+        # the one normalisation the split changes: one micro-batch of all three is the token mean
+        whole = [collate_padded(examples, pad_id=0)]
+        assert step_loss(model, whole, "micro_batch") == pytest.approx(step_loss(model, whole, "token"), rel=1e-5)
+        assert abs(step_loss(model, micro_batches, "micro_batch") - step_loss(model, micro_batches, "token")) > 1e-3

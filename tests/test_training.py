@@ -160,6 +160,27 @@ def test_two_ddp_processes_take_the_same_step_as_one_device(compose, tmp_path, n
         torch.testing.assert_close(param, reference[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_micro_batch_normalisation_trains_on_the_old_trainers_loss(compose, tmp_path):
+    """trainer.loss_normalization=micro_batch through the real training step: the step's loss is the mean of the
+    model's own mean-reduced loss on each micro-batch (transformers < 4.46's Trainer, An et al.)."""
+    from rt_lab.train.fit import build_datamodule
+
+    cfg = compose(TINY + ["adapter=full", "trainer.lightning.max_steps=1", "data.shuffle=false",
+                          "trainer.loss_normalization=micro_batch"])
+    path = resolve_path(cfg.model, None)
+    model = load_model(cfg.model, path)
+    data = build_datamodule(cfg, load_tokenizer(cfg.model, path), instantiate(cfg.template))
+    data.setup("fit")
+    window = next(iter(data.train_dataloader()))
+    assert len(window) == 2  # 4 rows in micro-batches of 2
+    with torch.no_grad():
+        micro_means = [float(model(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"],
+                                   labels=micro["labels"]).loss) for micro in window]
+    _, losses = fit(cfg, tmp_path, model=model)
+    assert losses[1] == pytest.approx(sum(micro_means) / 2, rel=1e-5)
+    assert abs(micro_means[0] - micro_means[1]) > 1e-3  # the mean of means is not any one micro-batch's
+
+
 @pytest.mark.slow
 def test_smollm2_response_tuning_loss_falls(compose, tmp_path, smollm2_path):
     """The real 135M model, LoRA response tuning on the sample set (a few CPU minutes)."""

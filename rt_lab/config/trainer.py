@@ -38,7 +38,9 @@ class TrainerConfig:
     """Clip the gradient norm to this; null: no clipping."""
     loss_normalization: str = "token"
     """token: summed token losses / supervised tokens of the step (every token weighs the same); sequence: the
-    mean over the step's rows of each row's mean token loss (open-instruct reduce_loss=mean, Hewitt et al.)."""
+    mean over the step's rows of each row's mean token loss (open-instruct reduce_loss=mean, Hewitt et al.);
+    micro_batch: the mean over the step's micro-batches of each one's token mean (the Hugging Face Trainer before
+    transformers 4.46, An et al.)."""
     fused_loss: bool = True
     """LM head and cross-entropy fused and chunked (no full-vocabulary logits tensor); false: the reference path."""
     allow_low_precision_weights: bool = False

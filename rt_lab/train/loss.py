@@ -8,6 +8,10 @@ window and every rank): the micro-batch split, packing and device count never ch
 - `token`: sum of token losses / supervised tokens of the step (every token weighs the same; TRL's default).
 - `sequence`: mean over the step's examples of each example's mean token loss (every example weighs the same;
   open-instruct's `reduce_loss=mean` with one row per device, Hewitt et al.'s setting).
+- `micro_batch`: mean over the step's micro-batches (on every rank) of each micro-batch's token mean: the Hugging
+  Face Trainer before transformers 4.46 (each micro-batch's mean-reduced loss divided by the accumulation steps,
+  averaged over ranks by DDP), which An et al.'s TRL `SFTTrainer` ran on. Unlike the others it depends on the
+  micro-batch split, as theirs did; a micro-batch without a supervised token adds 0 (theirs: NaN).
 
 Add one with `LOSS_NORMALIZATIONS["name"] = Normalization(units=..., numerator=...)` (module-level functions)."""
 
@@ -86,7 +90,16 @@ def _sequence_numerator(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tenso
     return (sums / counts).sum()
 
 
+def _micro_batch_units(counts: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(1, device=counts.device)
+
+
+def _micro_batch_numerator(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    return sums.sum() / counts.sum().clamp(min=1)
+
+
 # module-level functions, not lambdas: spawned DDP processes pickle the LightningModule that holds one
 LOSS_NORMALIZATIONS = Registry("loss normalization")
 LOSS_NORMALIZATIONS["token"] = Normalization(units=_token_units, numerator=_token_numerator)
 LOSS_NORMALIZATIONS["sequence"] = Normalization(units=_sequence_units, numerator=_sequence_numerator)
+LOSS_NORMALIZATIONS["micro_batch"] = Normalization(units=_micro_batch_units, numerator=_micro_batch_numerator)
